@@ -1,0 +1,233 @@
+//! Wiring and life cycle: builds the sinks, the pipeline and the listeners from a
+//! [`Config`], runs them, and shuts them down in order (DESIGN.md, "graceful
+//! life"): stop accepting and finish in-flight requests, close the queues, let
+//! the sinks drain, all within `shutdown.deadline_secs`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{Admin, Readiness};
+use crate::config::{Config, SinkConfig};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, QueueSpec};
+use crate::server::{self, ServeOptions};
+use crate::sink::{BoxWriter, Sink, StdoutSink};
+use crate::source::Handler;
+
+/// A forwarder ready to start.
+pub struct App {
+    config: Config,
+    metrics: Metrics,
+    stdout: Option<BoxWriter>,
+}
+
+/// A running forwarder.
+pub struct Running {
+    /// Where the webhook listener is bound.
+    pub http_addr: SocketAddr,
+    /// Where the metrics listener is bound, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Its metrics.
+    pub metrics: Metrics,
+    shutdown: CancellationToken,
+    draining: CancellationToken,
+    stop_admin: CancellationToken,
+    ready: Readiness,
+    pipeline: Arc<Pipeline>,
+    source: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
+    sinks: Vec<(String, JoinHandle<()>)>,
+    deadline: Duration,
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Events still queued when the deadline passed (counted as dropped with
+    /// reason `shutdown`).
+    pub undelivered_events: usize,
+    /// Sinks that had not finished by the deadline.
+    pub unfinished_sinks: Vec<String>,
+}
+
+impl App {
+    /// A forwarder for `config` (already validated by [`crate::config::load`]).
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            metrics: Metrics::new(),
+            stdout: None,
+        }
+    }
+
+    /// Sends the stdout sink's lines to `writer` instead of the process's stdout.
+    pub fn with_stdout(mut self, writer: BoxWriter) -> Self {
+        self.stdout = Some(writer);
+        self
+    }
+
+    /// Binds the listeners and starts every task.
+    ///
+    /// # Errors
+    ///
+    /// A listener address that cannot be bound, named in the error.
+    pub async fn start(mut self) -> anyhow::Result<Running> {
+        let cfg = &self.config;
+        let http_cfg = &cfg.source.http;
+        let specs: Vec<QueueSpec> = cfg
+            .sinks
+            .iter()
+            .map(|s| QueueSpec {
+                name: s.name().to_owned(),
+                capacity_events: s.queue().capacity_events,
+                capacity_bytes: s.queue().capacity_bytes,
+                when_full: s.queue().when_full,
+            })
+            .collect();
+        let wait = Duration::from_millis(cfg.pipeline.admission_wait_ms);
+        let (pipeline, readers) = Pipeline::new(&specs, wait, &self.metrics);
+        let pipeline = Arc::new(pipeline);
+
+        let listener = server::bind(http_cfg.address, "webhook requests").await?;
+        let http_addr = listener.local_addr()?;
+        let admin_listener = match cfg.metrics.enabled {
+            true => Some(server::bind(cfg.metrics.address, "metrics").await?),
+            false => None,
+        };
+        let metrics_addr = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+
+        let mut sinks = Vec::new();
+        for (sink_cfg, reader) in cfg.sinks.iter().zip(readers) {
+            let sink = match sink_cfg {
+                SinkConfig::Stdout(_) => {
+                    let writer = self
+                        .stdout
+                        .take()
+                        .unwrap_or_else(|| Box::new(tokio::io::stdout()));
+                    Sink::Stdout(StdoutSink::new(writer))
+                }
+            };
+            sinks.push((sink_cfg.name().to_owned(), tokio::spawn(sink.run(reader))));
+        }
+
+        let shutdown = CancellationToken::new();
+        let draining = CancellationToken::new();
+        let stop_admin = CancellationToken::new();
+        let ready = Readiness::default();
+        let opts = ServeOptions {
+            max_connections: http_cfg.max_connections,
+            header_read_timeout: Duration::from_secs(http_cfg.header_read_timeout_secs),
+            max_header_bytes: http_cfg.max_header_bytes,
+        };
+        let handler = Arc::new(Handler::new(
+            http_cfg,
+            cfg.decode.max_event_bytes,
+            cfg.pipeline.retry_after_secs,
+            pipeline.clone(),
+            self.metrics.clone(),
+            draining.clone(),
+        ));
+        let open = self.metrics.open_connections("http");
+        let source = tokio::spawn(server::serve(
+            listener,
+            "http",
+            opts,
+            handler,
+            open,
+            draining.clone(),
+        ));
+        let admin = admin_listener.map(|l| {
+            let admin_opts = ServeOptions {
+                max_connections: 64,
+                ..opts
+            };
+            let handler = Arc::new(Admin::new(self.metrics.clone(), ready.clone()));
+            let open = self.metrics.open_connections("metrics");
+            tokio::spawn(server::serve(
+                l,
+                "metrics",
+                admin_opts,
+                handler,
+                open,
+                stop_admin.clone(),
+            ))
+        });
+        tracing::info!(address = %http_addr, "webhook listener ready");
+        if let Some(addr) = metrics_addr {
+            tracing::info!(address = %addr, "metrics listener ready");
+        }
+        ready.set(true);
+        Ok(Running {
+            http_addr,
+            metrics_addr,
+            metrics: self.metrics,
+            shutdown,
+            draining,
+            stop_admin,
+            ready,
+            pipeline,
+            source,
+            admin,
+            sinks,
+            deadline: Duration::from_secs(self.config.shutdown.deadline_secs),
+        })
+    }
+}
+
+impl Running {
+    /// A token that starts the shutdown when cancelled (on SIGTERM, say).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for the shutdown token, then shuts down in order within the
+    /// deadline: not ready, stop accepting and finish in-flight requests (new
+    /// requests on open connections get 503), close the queues, let the sinks
+    /// drain. What is still queued at the deadline is logged and counted.
+    pub async fn wait(self) -> ShutdownReport {
+        self.shutdown.cancelled().await;
+        let deadline = Instant::now() + self.deadline;
+        tracing::info!(
+            deadline_secs = self.deadline.as_secs(),
+            "shutting down: draining requests and queues"
+        );
+        self.ready.set(false);
+        self.draining.cancel();
+        if tokio::time::timeout_at(deadline, self.source)
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight requests did not finish by the shutdown deadline");
+        }
+        self.pipeline.close();
+        let mut unfinished_sinks = Vec::new();
+        for (name, task) in self.sinks {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                unfinished_sinks.push(name);
+            }
+        }
+        let undelivered_events = self.pipeline.depth_events();
+        if undelivered_events > 0 {
+            tracing::error!(undelivered_events, sinks = ?unfinished_sinks, "shutdown deadline passed with events not delivered");
+            self.pipeline.count_undelivered("shutdown");
+        } else {
+            tracing::info!("every queued event was delivered");
+        }
+        self.stop_admin.cancel();
+        if let Some(admin) = self.admin {
+            let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+        }
+        ShutdownReport {
+            undelivered_events,
+            unfinished_sinks,
+        }
+    }
+}

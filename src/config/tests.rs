@@ -1,0 +1,84 @@
+use super::*;
+use std::io::Write;
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+#[test]
+fn no_file_gives_the_built_in_default() {
+    assert_eq!(load(None, no_env()).unwrap(), Config::default());
+}
+
+#[test]
+fn default_yaml_documents_exactly_the_built_in_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.yaml");
+    assert_eq!(load(Some(&path), no_env()).unwrap(), Config::default());
+}
+
+#[test]
+fn example_configs_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        load(Some(&path), no_env()).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn unknown_key_is_named_with_its_path() {
+    let f = file("sinks:\n  - type: stdout\n    queue:\n      capacity_event: 10\n");
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(
+        msg.contains("sinks[0].queue") && msg.contains("capacity_event"),
+        "{msg}"
+    );
+    assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+}
+
+#[test]
+fn wrong_type_and_invalid_value_are_named() {
+    let f = file("source:\n  http:\n    address: not-an-address\n");
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(msg.contains("source.http.address"), "{msg}");
+    let f = file("sinks:\n  - type: stdout\n  - type: stdout\n");
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(msg.contains("sinks[1].name"), "{msg}");
+    let f = file("sinks:\n  - type: kafka\n");
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(msg.contains("sinks[0]") && msg.contains("kafka"), "{msg}");
+}
+
+#[test]
+fn environment_overrides_the_file_and_skips_service_links() {
+    let f = file("source:\n  http:\n    address: 127.0.0.1:1\n");
+    let env = [
+        ("AUDIT_FORWARDER__SOURCE__HTTP__ADDRESS", "127.0.0.1:2"),
+        ("AUDIT_FORWARDER__SOURCE__HTTP__PATHS", "/post,/k8s-audit"),
+        ("AUDIT_FORWARDER__PIPELINE__ADMISSION_WAIT_MS", "5"),
+        ("AUDIT_FORWARDER_SERVICE_HOST", "10.0.0.1"),
+        ("AUDIT_FORWARDER__X_SERVICE_HOST", "10.0.0.1"),
+        ("AUDIT_FORWARDER__X_PORT_3000_TCP", "tcp://10.0.0.1:3000"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let c = load(Some(f.path()), env).unwrap();
+    assert_eq!(c.source.http.address.port(), 2);
+    assert_eq!(c.source.http.paths, ["/post", "/k8s-audit"]);
+    assert_eq!(c.pipeline.admission_wait_ms, 5);
+}
+
+#[test]
+fn unknown_environment_override_is_an_error() {
+    let env = vec![(
+        "AUDIT_FORWARDER__SOURCE__HTTP__ADDRES".to_owned(),
+        "x".to_owned(),
+    )];
+    let msg = load(None, env).unwrap_err().to_string();
+    assert!(msg.contains("addres"), "{msg}");
+}

@@ -1,0 +1,386 @@
+//! The configuration types, as they appear in the YAML file. Keys are
+//! snake_case nouns with their unit in the name.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::pipeline::WhenFull;
+
+const MIB: u64 = 1 << 20;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where webhook requests are received.
+    pub source: SourceConfig,
+    /// How bodies are decoded.
+    pub decode: DecodeConfig,
+    /// Admission into the sink queues.
+    pub pipeline: PipelineConfig,
+    /// Where events go; at least one.
+    pub sinks: Vec<SinkConfig>,
+    /// The metrics and health listener.
+    pub metrics: MetricsConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Logging to stderr.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            source: SourceConfig::default(),
+            decode: DecodeConfig::default(),
+            pipeline: PipelineConfig::default(),
+            sinks: vec![SinkConfig::Stdout(StdoutSinkConfig::default())],
+            metrics: MetricsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The sources.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// The plain HTTP listener.
+    pub http: HttpSourceConfig,
+}
+
+/// The plain HTTP/1.1 listener for the API server's webhook.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSourceConfig {
+    /// Whether to listen at all.
+    pub enabled: bool,
+    /// Address and port to listen on.
+    pub address: SocketAddr,
+    /// Paths that accept POSTs (`/post`, `/k8s-audit`); empty accepts any path.
+    /// A trailing slash is ignored, and so is the query string.
+    pub paths: Vec<String>,
+    /// Largest request body in bytes as read from the wire; a larger
+    /// `Content-Length` is refused with 413 before the body is read.
+    pub max_body_bytes: u64,
+    /// Largest body in bytes after `Content-Encoding: gzip` is undone.
+    pub max_decoded_bytes: u64,
+    /// Seconds a client has to send the request headers.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a client has to send the whole body once the headers are in.
+    pub body_read_timeout_secs: u64,
+    /// Largest request head (request line and headers) in bytes.
+    pub max_header_bytes: usize,
+    /// Most client connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSourceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            paths: Vec::new(),
+            max_body_bytes: 64 * MIB,
+            max_decoded_bytes: 64 * MIB,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            max_header_bytes: 64 << 10,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Decoding limits.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeConfig {
+    /// Largest event in bytes; 0 means no limit. A larger event is truncated
+    /// like the API server's truncating backend does (`requestObject` and
+    /// `responseObject` removed, annotation `audit.k8s.io/truncated: "true"`),
+    /// and dropped (counted) if still too large. Its request is still accepted.
+    pub max_event_bytes: usize,
+}
+
+/// Admission of a request's events into the sink queues.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Milliseconds a request waits for room in full queues before it is
+    /// answered 503.
+    pub admission_wait_ms: u64,
+    /// Seconds sent in `Retry-After` with a 503.
+    pub retry_after_secs: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            admission_wait_ms: 200,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// One sink, chosen by its `type`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkConfig {
+    /// JSON lines on stdout.
+    Stdout(StdoutSinkConfig),
+}
+
+impl SinkConfig {
+    /// The sink's name (unique; used in metrics and logs).
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Stdout(s) => &s.name,
+        }
+    }
+
+    /// The sink's queue.
+    pub fn queue(&self) -> &QueueConfig {
+        match self {
+            Self::Stdout(s) => &s.queue,
+        }
+    }
+}
+
+/// Sink types, for error messages.
+const SINK_TYPES: &str = "`stdout`";
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    /// Like `#[serde(tag = "type")]`, but an error inside the sink keeps its key
+    /// path (serde's tagged enums buffer the content and lose it).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::deserialize(d)?;
+        let kind = match map.remove("type") {
+            Some(serde_json::Value::String(kind)) => kind,
+            Some(_) => return Err(D::Error::custom("`type` must be a string")),
+            None => {
+                return Err(D::Error::custom(format!(
+                    "missing `type`, expected one of {SINK_TYPES}"
+                )));
+            }
+        };
+        let body = serde_json::Value::Object(map);
+        match kind.as_str() {
+            "stdout" => nested(body).map(Self::Stdout),
+            other => Err(D::Error::custom(format!(
+                "unknown sink type `{other}`, expected one of {SINK_TYPES}"
+            ))),
+        }
+    }
+}
+
+/// Deserializes a sink's own keys; an error carries its path inside the sink as
+/// `@path@ message`, which [`super::load`] joins to the outer key path.
+fn nested<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+    value: serde_json::Value,
+) -> Result<T, E> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        E::custom(format!("@{path}@ {}", e.into_inner()))
+    })
+}
+
+/// `type: stdout`: one event per line on the process's standard output.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StdoutSinkConfig {
+    /// The sink's name.
+    pub name: String,
+    /// Its queue.
+    pub queue: QueueConfig,
+}
+
+impl Default for StdoutSinkConfig {
+    fn default() -> Self {
+        Self {
+            name: "stdout".to_owned(),
+            queue: QueueConfig::default(),
+        }
+    }
+}
+
+/// A sink's bounded queue.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Most events held.
+    pub capacity_events: usize,
+    /// Most bytes held (request bodies, plus events re-encoded outside them).
+    pub capacity_bytes: usize,
+    /// `block` (refuse the request with 503) or `drop_newest` (accept it and drop
+    /// this sink's copy, counted) when a batch does not fit.
+    pub when_full: WhenFull,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            capacity_events: 100_000,
+            capacity_bytes: 256 << 20,
+            when_full: WhenFull::Block,
+        }
+    }
+}
+
+/// The metrics and health listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Whether to listen at all.
+    pub enabled: bool,
+    /// Address and port for `/metrics`, `/healthz` and `/readyz`.
+    pub address: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+/// Graceful shutdown on SIGTERM or SIGINT.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Seconds to finish in-flight requests and drain the queues; keep it below
+    /// the pod's `terminationGracePeriodSeconds`.
+    pub deadline_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { deadline_secs: 25 }
+    }
+}
+
+/// Logs, always on stderr.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `kube_audit_forwarder=debug,hyper=info`.
+    /// `RUST_LOG` takes precedence when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Checks what types alone cannot, naming the key at fault.
+    ///
+    /// # Errors
+    ///
+    /// `(key path, message)` for the first problem found.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: &str| Err((key.to_owned(), msg.to_owned()));
+        let http = &self.source.http;
+        if !http.enabled {
+            return err("source.http.enabled", "no source is enabled");
+        }
+        if http.max_body_bytes == 0 || http.max_body_bytes > u64::from(u32::MAX) {
+            return err("source.http.max_body_bytes", "must be from 1 to 4294967295");
+        }
+        if http.max_decoded_bytes == 0 || http.max_decoded_bytes > u64::from(u32::MAX) {
+            return err(
+                "source.http.max_decoded_bytes",
+                "must be from 1 to 4294967295",
+            );
+        }
+        if let Some((i, _)) = http
+            .paths
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !p.starts_with('/'))
+        {
+            return err(&format!("source.http.paths[{i}]"), "must start with '/'");
+        }
+        for (key, value) in [
+            (
+                "source.http.header_read_timeout_secs",
+                http.header_read_timeout_secs as usize,
+            ),
+            (
+                "source.http.body_read_timeout_secs",
+                http.body_read_timeout_secs as usize,
+            ),
+            ("source.http.max_header_bytes", http.max_header_bytes),
+            ("source.http.max_connections", http.max_connections),
+            (
+                "shutdown.deadline_secs",
+                self.shutdown.deadline_secs as usize,
+            ),
+        ] {
+            if value == 0 {
+                return err(key, "must be greater than 0");
+            }
+        }
+        if http.max_header_bytes < 8192 {
+            return err("source.http.max_header_bytes", "must be at least 8192");
+        }
+        if self.sinks.is_empty() {
+            return err("sinks", "at least one sink is needed");
+        }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if sink.name().is_empty() {
+                return err(&format!("sinks[{i}].name"), "must not be empty");
+            }
+            if self.sinks[..i].iter().any(|s| s.name() == sink.name()) {
+                return err(
+                    &format!("sinks[{i}].name"),
+                    &format!("sink name {:?} is used twice", sink.name()),
+                );
+            }
+            if sink.queue().capacity_events == 0 {
+                return err(
+                    &format!("sinks[{i}].queue.capacity_events"),
+                    "must be greater than 0",
+                );
+            }
+            if (sink.queue().capacity_bytes as u64)
+                < http.max_decoded_bytes.min(http.max_body_bytes)
+            {
+                return err(
+                    &format!("sinks[{i}].queue.capacity_bytes"),
+                    "must be at least source.http.max_decoded_bytes, or a full-size request could never be queued",
+                );
+            }
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return err("log.level", "not a valid tracing filter");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,379 @@
+//! Decoding of a webhook request body into events.
+//!
+//! Accepted bodies (see DESIGN.md, "tolerant input"):
+//! - an `EventList` of `audit.k8s.io/v1` or `v1beta1`
+//!   (<https://kubernetes.io/docs/reference/config-api/apiserver-audit.v1/#audit-k8s-io-v1-EventList>):
+//!   every element of `items` is an event, whatever its JSON type; `items` absent
+//!   or `null` in an object whose `kind` is `EventList` is an empty list, as Go's
+//!   decoder treats it;
+//! - a single `Event` object (one that has `auditID`, `stage`, `level` or
+//!   `requestURI`, or `kind: Event`);
+//! - a JSON array of events;
+//! - several of the above one after the other, separated by whitespace (JSON lines,
+//!   LF or CRLF, blank lines allowed);
+//! - any of these after a UTF-8 byte order mark, compact or pretty-printed.
+//!
+//! Each event leaves as the item's own bytes with the whitespace between tokens
+//! removed: a slice of the body when the item is already compact (the API server
+//! always sends compact JSON), otherwise one copy into a buffer shared by the batch.
+
+mod event;
+mod structure;
+mod truncate;
+mod walk;
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+pub use event::{Event, EventMeta, Level, Span, Stage};
+pub use structure::{JsonError, MAX_DEPTH};
+
+use walk::Walk;
+
+/// Limits applied while decoding one body.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeOptions {
+    /// Most events one body may hold; more is [`DecodeError::TooManyEvents`].
+    pub max_events: usize,
+    /// Largest event in bytes (compact form); 0 means no limit. A larger event is
+    /// truncated as the API server's truncating backend does (its `requestObject`
+    /// and `responseObject` removed, the annotation `audit.k8s.io/truncated: "true"`
+    /// added) and dropped if still too large.
+    pub max_event_bytes: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            max_events: usize::MAX,
+            max_event_bytes: 0,
+        }
+    }
+}
+
+/// Why a body was refused. Small and allocation-free; [`DecodeError::reason`] is
+/// the bounded label used in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The body holds nothing but whitespace.
+    #[error("request body is empty")]
+    Empty,
+    /// The body is not JSON (RFC 8259) in UTF-8.
+    #[error("request body is not valid JSON: {} at byte {}", .0.what, .0.offset)]
+    Json(JsonError),
+    /// The body is JSON but neither an EventList nor an Event.
+    #[error("request body is not an audit.k8s.io EventList or Event: {0}")]
+    NotAnEventList(&'static str),
+    /// The body holds more events than may be queued.
+    #[error("request body holds {count} events, more than the {max} a request may carry")]
+    TooManyEvents {
+        /// Events found (counting stops just past the limit).
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl DecodeError {
+    /// Bounded metric label: `empty_body`, `invalid_json`, `not_an_event_list` or
+    /// `too_many_events`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty_body",
+            Self::Json(_) => "invalid_json",
+            Self::NotAnEventList(_) => "not_an_event_list",
+            Self::TooManyEvents { .. } => "too_many_events",
+        }
+    }
+}
+
+/// An event left out because it was larger than `max_event_bytes` even after
+/// truncation.
+#[derive(Debug, Clone, Copy)]
+pub struct DroppedEvent {
+    /// Its `auditID`, as a span of the body.
+    pub audit_id: Option<Span>,
+    /// Its size in bytes (compact form).
+    pub bytes: usize,
+}
+
+/// The events of one body, in the order they appear.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// The events to forward.
+    pub events: Vec<Event>,
+    /// How many of them were truncated for `max_event_bytes`.
+    pub truncated: usize,
+    /// Events left out for `max_event_bytes`.
+    pub dropped: Vec<DroppedEvent>,
+}
+
+/// Where an event's bytes are, before the shared buffer is frozen.
+enum Place {
+    Body(Range<usize>),
+    Owned(Range<usize>),
+}
+
+struct Builder<'o> {
+    opts: &'o DecodeOptions,
+    places: Vec<(Place, EventMeta)>,
+    owned: Vec<u8>,
+    truncated: usize,
+    dropped: Vec<DroppedEvent>,
+}
+
+/// Splits `body` into events.
+///
+/// # Errors
+///
+/// [`DecodeError`] when the body is empty, not JSON, not an EventList/Event, or
+/// holds more than `opts.max_events` events. Nothing is returned for a refused
+/// body: a request is accepted whole or not at all.
+pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
+    let start = if body.starts_with(b"\xEF\xBB\xBF") {
+        3
+    } else {
+        0
+    };
+    let start = start
+        + body[start..]
+            .iter()
+            .take_while(|&&b| walk::is_ws(b))
+            .count();
+    if start == body.len() {
+        return Err(DecodeError::Empty);
+    }
+    let mut idx = Vec::new();
+    let mut b = Builder {
+        opts,
+        places: Vec::new(),
+        owned: Vec::new(),
+        truncated: 0,
+        dropped: Vec::new(),
+    };
+    match structure::index(&body[start..], start, &mut idx) {
+        Ok(()) => b.document(&Walk {
+            body,
+            idx: &idx,
+            end: body.len(),
+        })?,
+        Err(first_error) => {
+            let docs = documents(body, start)
+                .filter(|d| d.len() > 1)
+                .ok_or(DecodeError::Json(first_error))?;
+            for doc in docs {
+                idx.clear();
+                structure::index(&body[doc.clone()], doc.start, &mut idx)
+                    .map_err(DecodeError::Json)?;
+                b.document(&Walk {
+                    body,
+                    idx: &idx,
+                    end: doc.end,
+                })?;
+            }
+        }
+    }
+    Ok(b.finish(body))
+}
+
+/// The byte ranges of the JSON texts of a body that holds several one after the
+/// other, found from the structural offsets that stage 1 reported for the whole
+/// body. `None` when they do not split cleanly; each range is validated after.
+fn documents(body: &[u8], start: usize) -> Option<Vec<Range<usize>>> {
+    let mut idx = Vec::new();
+    structure::last_stage1(start, &mut idx);
+    let w = Walk {
+        body,
+        idx: &idx,
+        end: body.len(),
+    };
+    let mut docs = Vec::new();
+    let mut tok = 0;
+    while tok < w.len() {
+        if matches!(w.byte(tok), b'}' | b']' | b':' | b',') {
+            return None;
+        }
+        let next = w.skip(tok);
+        let range = w.value_range(tok, next);
+        let end = if next < w.len() {
+            w.trim_end(range.end, w.pos(next))
+        } else {
+            w.trim_end(range.end, body.len())
+        };
+        docs.push(range.start..end);
+        tok = next;
+    }
+    Some(docs)
+}
+
+impl Builder<'_> {
+    fn document(&mut self, w: &Walk<'_>) -> Result<(), DecodeError> {
+        match w.byte(0) {
+            b'[' => self.items(w, 0),
+            b'{' => {
+                let mut items = None;
+                let mut kind = None;
+                let mut looks_like_event = false;
+                let mut records = false;
+                for m in w.members(0) {
+                    if w.key_is(&m, b"items") {
+                        items = Some(m.value);
+                    } else if w.key_is(&m, b"kind") {
+                        kind = w.string(m.value).map(|r| &w.body[r]);
+                    } else if w.key_is(&m, b"records") {
+                        records = true;
+                    } else if ["auditID", "stage", "level", "requestURI"]
+                        .iter()
+                        .any(|k| w.key_is(&m, k.as_bytes()))
+                    {
+                        looks_like_event = true;
+                    }
+                }
+                match (items, kind) {
+                    (Some(tok), _) if w.byte(tok) == b'[' => self.items(w, tok),
+                    (Some(tok), _) if w.byte(tok) == b'n' => Ok(()),
+                    (Some(_), _) => Err(DecodeError::NotAnEventList("`items` is not an array")),
+                    (None, Some(b"EventList")) => Ok(()),
+                    (None, Some(b"Event")) => self.event(w, 0, w.skip(0)),
+                    (None, _) if looks_like_event => self.event(w, 0, w.skip(0)),
+                    (None, _) if records => Err(DecodeError::NotAnEventList(
+                        "an Azure diagnostic-settings envelope (`records`); send the events it wraps instead",
+                    )),
+                    (None, _) => Err(DecodeError::NotAnEventList(
+                        "an object with neither `items` nor the fields of an Event",
+                    )),
+                }
+            }
+            _ => Err(DecodeError::NotAnEventList(
+                "a JSON string, number or literal",
+            )),
+        }
+    }
+
+    fn items(&mut self, w: &Walk<'_>, array: usize) -> Result<(), DecodeError> {
+        let max = self.opts.max_events;
+        let count = self.places.len() + w.elements(array).take(max.saturating_add(1)).count();
+        if count > max {
+            return Err(DecodeError::TooManyEvents { count, max });
+        }
+        self.places.reserve(count - self.places.len());
+        for (tok, next) in w.elements(array) {
+            self.event(w, tok, next)?;
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, w: &Walk<'_>, tok: usize, next: usize) -> Result<(), DecodeError> {
+        if self.places.len() >= self.opts.max_events {
+            return Err(DecodeError::TooManyEvents {
+                count: self.places.len() + 1,
+                max: self.opts.max_events,
+            });
+        }
+        let range = w.value_range(tok, next);
+        let meta = read_meta(w, tok);
+        let place = if w.has_whitespace(tok, next) {
+            let from = self.owned.len();
+            w.write_compact(tok, next, range.end, &mut self.owned);
+            Place::Owned(from..self.owned.len())
+        } else {
+            Place::Body(range.clone())
+        };
+        let size = match &place {
+            Place::Body(r) | Place::Owned(r) => r.len(),
+        };
+        let limit = self.opts.max_event_bytes;
+        if limit == 0 || size <= limit {
+            self.places.push((place, meta));
+            return Ok(());
+        }
+        if let Place::Owned(r) = &place {
+            self.owned.truncate(r.start);
+        }
+        let from = self.owned.len();
+        if truncate::write_truncated(w, tok, &mut self.owned) && self.owned.len() - from <= limit {
+            self.truncated += 1;
+            self.places
+                .push((Place::Owned(from..self.owned.len()), meta));
+        } else {
+            self.owned.truncate(from);
+            self.dropped.push(DroppedEvent {
+                audit_id: meta.audit_id,
+                bytes: size,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(self, body: &Bytes) -> Decoded {
+        let owned = Bytes::from(self.owned);
+        let events = self
+            .places
+            .into_iter()
+            .map(|(place, meta)| {
+                let raw = match place {
+                    Place::Body(r) => body.slice(r),
+                    Place::Owned(r) => owned.slice(r),
+                };
+                Event { raw, meta }
+            })
+            .collect();
+        Decoded {
+            events,
+            truncated: self.truncated,
+            dropped: self.dropped,
+        }
+    }
+}
+
+/// Reads the routing fields of the event whose value starts at token `tok`.
+fn read_meta(w: &Walk<'_>, tok: usize) -> EventMeta {
+    let span = |t: usize| {
+        w.string(t).map(|r| Span {
+            start: r.start as u32,
+            len: r.len() as u32,
+        })
+    };
+    let mut meta = EventMeta::default();
+    for m in w.members(tok) {
+        let Some(key) = w.string(m.key).map(|r| &w.body[r]) else {
+            continue;
+        };
+        match key {
+            b"level" => meta.level = span(m.value).map(|s| Level::from_raw(s.get(w.body))),
+            b"stage" => meta.stage = span(m.value).map(|s| Stage::from_raw(s.get(w.body))),
+            b"auditID" => meta.audit_id = span(m.value),
+            b"verb" => meta.verb = span(m.value),
+            b"user" => {
+                for u in w.members(m.value) {
+                    if w.key_is(&u, b"username") {
+                        meta.username = span(u.value);
+                    }
+                }
+            }
+            b"objectRef" => {
+                for o in w.members(m.value) {
+                    if w.key_is(&o, b"namespace") {
+                        meta.namespace = span(o.value);
+                    } else if w.key_is(&o, b"resource") {
+                        meta.resource = span(o.value);
+                    }
+                }
+            }
+            b"responseStatus" => {
+                for s in w.members(m.value) {
+                    if w.key_is(&s, b"code") {
+                        let raw = &w.body[w.value_range(s.value, s.next)];
+                        meta.code = std::str::from_utf8(raw).ok().and_then(|t| t.parse().ok());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    meta
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,227 @@
+use super::*;
+use proptest::prelude::*;
+use serde_json::Value;
+
+fn run(body: &str) -> Result<Decoded, DecodeError> {
+    decode(
+        &Bytes::copy_from_slice(body.as_bytes()),
+        &DecodeOptions::default(),
+    )
+}
+
+fn lines(body: &str) -> Vec<String> {
+    run(body)
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| String::from_utf8(e.raw.to_vec()).unwrap())
+        .collect()
+}
+
+#[test]
+fn compact_items_are_slices_of_the_body() {
+    let body = Bytes::from_static(br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":[{"a":1},{"b":[2,3]}]}"#);
+    let d = decode(&body, &DecodeOptions::default()).unwrap();
+    assert_eq!(d.events.len(), 2);
+    let range = body.as_ptr_range();
+    for e in &d.events {
+        assert!(range.contains(&e.raw.as_ptr()), "event was copied");
+    }
+    assert_eq!(&d.events[1].raw[..], br#"{"b":[2,3]}"#);
+}
+
+#[test]
+fn pretty_items_lose_only_whitespace_between_tokens() {
+    let body = "\u{feff}{\n  \"items\" : [\n    { \"k\" : \"a b\\n\\u0026\" ,\n \"n\": 1.50E+3 },\t[ ]\r\n ]\n}\n";
+    assert_eq!(lines(body), [r#"{"k":"a b\n\u0026","n":1.50E+3}"#, "[]"]);
+}
+
+#[test]
+fn json_lines_with_crlf_and_a_blank_line() {
+    let body = "{\"auditID\":\"1\"}\n{\"auditID\":\"2\"}\r\n{\"auditID\":\"3\"}\n\n";
+    assert_eq!(
+        lines(body),
+        [
+            r#"{"auditID":"1"}"#,
+            r#"{"auditID":"2"}"#,
+            r#"{"auditID":"3"}"#
+        ]
+    );
+}
+
+#[test]
+fn json_lines_may_hold_event_lists_and_numbers_out_of_f64_range() {
+    let body =
+        "{\"items\":[{\"n\":1e400}]}\n{\"auditID\":\"x\",\"n\":123456789012345678901234567890}";
+    assert_eq!(
+        lines(body),
+        [
+            r#"{"n":1e400}"#,
+            r#"{"auditID":"x","n":123456789012345678901234567890}"#
+        ]
+    );
+}
+
+#[test]
+fn a_bad_line_refuses_the_whole_body() {
+    let err = run("{\"auditID\":\"1\"}\n{\"auditID\":}\n").unwrap_err();
+    assert!(
+        matches!(err, DecodeError::Json(JsonError { offset, .. }) if offset >= 16),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn single_event_and_top_level_array() {
+    assert_eq!(lines(r#"{"kind":"Event","x":1}"#).len(), 1);
+    assert_eq!(
+        lines(r#" {"level":"Metadata","auditID":"a"} "#),
+        [r#"{"level":"Metadata","auditID":"a"}"#]
+    );
+    assert_eq!(lines(r#"[{"a":1},2]"#), [r#"{"a":1}"#, "2"]);
+}
+
+#[test]
+fn empty_and_missing_items() {
+    assert!(lines(r#"{"kind":"EventList","items":[]}"#).is_empty());
+    assert!(
+        lines(r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{}}"#).is_empty()
+    );
+    assert!(lines(r#"{"kind":"EventList","items":null}"#).is_empty());
+}
+
+#[test]
+fn refusals_name_their_reason() {
+    assert_eq!(run("  \n").unwrap_err().reason(), "empty_body");
+    assert_eq!(run("not json").unwrap_err().reason(), "invalid_json");
+    assert_eq!(
+        run(r#"{"items":{}}"#).unwrap_err().reason(),
+        "not_an_event_list"
+    );
+    assert_eq!(
+        run(r#"{"records":[]}"#).unwrap_err().reason(),
+        "not_an_event_list"
+    );
+    assert_eq!(run("42").unwrap_err().reason(), "not_an_event_list");
+    assert_eq!(
+        run("{\"a\":\"\u{1}\"}").unwrap_err().reason(),
+        "invalid_json"
+    );
+    let opts = DecodeOptions {
+        max_events: 2,
+        ..DecodeOptions::default()
+    };
+    let err = decode(&Bytes::from_static(b"[1,2,3]"), &opts).unwrap_err();
+    assert_eq!(err, DecodeError::TooManyEvents { count: 3, max: 2 });
+}
+
+#[test]
+fn routing_fields_are_read_without_copying() {
+    let body = Bytes::from_static(
+        br#"{"items":[{"level":"RequestResponse","auditID":"id-1","stage":"ResponseComplete","verb":"get","user":{"groups":["g"],"username":"alice"},"objectRef":{"resource":"pods","namespace":"demo"},"responseStatus":{"metadata":{},"code":403}}]}"#,
+    );
+    let d = decode(&body, &DecodeOptions::default()).unwrap();
+    let m = d.events[0].meta;
+    assert_eq!(m.level, Some(Level::RequestResponse));
+    assert_eq!(m.stage, Some(Stage::ResponseComplete));
+    assert_eq!(m.code, Some(403));
+    let get = |s: Option<Span>| String::from_utf8(s.unwrap().get(&body).to_vec()).unwrap();
+    assert_eq!(
+        [
+            get(m.audit_id),
+            get(m.verb),
+            get(m.username),
+            get(m.namespace),
+            get(m.resource)
+        ],
+        ["id-1", "get", "alice", "demo", "pods"]
+    );
+}
+
+#[test]
+fn oversized_event_is_truncated_like_the_api_server_does() {
+    let big = "x".repeat(500);
+    let body = format!(
+        r#"{{"items":[{{"auditID":"1","requestObject":{{"d":"{big}"}},"annotations":{{"a":"b"}},"responseObject":[1]}},{{"auditID":"2","requestObject":"{big}"}},{{"auditID":"3"}}]}}"#
+    );
+    let opts = DecodeOptions {
+        max_events: 10,
+        max_event_bytes: 100,
+    };
+    let d = decode(&Bytes::from(body), &opts).unwrap();
+    let got: Vec<_> = d
+        .events
+        .iter()
+        .map(|e| String::from_utf8(e.raw.to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            r#"{"auditID":"1","annotations":{"audit.k8s.io/truncated":"true","a":"b"}}"#,
+            r#"{"auditID":"2","annotations":{"audit.k8s.io/truncated":"true"}}"#,
+            r#"{"auditID":"3"}"#,
+        ]
+    );
+    assert_eq!(d.truncated, 2);
+    assert!(d.dropped.is_empty());
+}
+
+#[test]
+fn event_too_large_even_truncated_is_dropped_and_reported() {
+    let body = format!(
+        r#"[{{"auditID":"big","user":"{}"}},{{"auditID":"ok"}}]"#,
+        "u".repeat(300)
+    );
+    let opts = DecodeOptions {
+        max_events: 10,
+        max_event_bytes: 100,
+    };
+    let bytes = Bytes::from(body);
+    let d = decode(&bytes, &opts).unwrap();
+    assert_eq!(d.events.len(), 1);
+    assert_eq!(d.dropped.len(), 1);
+    assert_eq!(d.dropped[0].audit_id.unwrap().get(&bytes), b"big");
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::String),
+        "[\"\\\\\n\t\u{2028}<>&a-z]{0,6}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::vec(("[a-zA-Z\"é]{0,6}", inner), 0..5)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn any_list_of_json_values_comes_out_as_the_same_values(
+        items in prop::collection::vec(json_value(), 0..12),
+        pretty in any::<bool>(),
+    ) {
+        let list = serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": items});
+        let body = if pretty { serde_json::to_vec_pretty(&list) } else { serde_json::to_vec(&list) }.unwrap();
+        let d = decode(&Bytes::from(body), &DecodeOptions::default()).unwrap();
+        prop_assert_eq!(d.events.len(), items.len());
+        for (event, item) in d.events.iter().zip(&items) {
+            prop_assert!(!event.raw.contains(&b'\n'));
+            let back: Value = serde_json::from_slice(&event.raw).unwrap();
+            prop_assert_eq!(&back, item);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode(&Bytes::from(body), &DecodeOptions::default());
+    }
+}

@@ -1,0 +1,17 @@
+//! kube-audit-forwarder: receives Kubernetes API-server audit webhook batches and
+//! forwards every event to one or more sinks.
+//!
+//! # Layout
+//!
+//! In data-flow order:
+//! - [`decode`]: validates a body with simd-json and splits it into events,
+//!   zero-copy.
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod decode;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+pub mod sink;
+pub mod source;

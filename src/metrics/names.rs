@@ -1,0 +1,42 @@
+//! Every metric name the forwarder exports, in one place. All share the prefix
+//! `audit_forwarder_`, after kube-apiserver's `apiserver_audit_*` family.
+
+/// Counter `{code}`: webhook requests answered, by HTTP status code.
+pub const REQUESTS_TOTAL: &str = "audit_forwarder_requests_total";
+/// Counter `{reason}`: requests refused (every non-200 answer), by bounded reason.
+pub const REQUESTS_REJECTED_TOTAL: &str = "audit_forwarder_requests_rejected_total";
+/// Histogram `{code}`: seconds from the request's headers to its answer.
+pub const REQUEST_DURATION_SECONDS: &str = "audit_forwarder_request_duration_seconds";
+/// Counter: events split out of accepted requests.
+pub const EVENTS_RECEIVED_TOTAL: &str = "audit_forwarder_events_received_total";
+/// Counter: request body bytes read from the wire (before decompression) of
+/// accepted requests.
+pub const BYTES_RECEIVED_TOTAL: &str = "audit_forwarder_bytes_received_total";
+/// Counter `{reason}`: bodies the decoder refused, by reason.
+pub const DECODE_ERRORS_TOTAL: &str = "audit_forwarder_decode_errors_total";
+/// Counter: events truncated for `decode.max_event_bytes`.
+pub const EVENTS_TRUNCATED_TOTAL: &str = "audit_forwarder_events_truncated_total";
+/// Counter `{sink, reason}`: events discarded after acceptance. `sink="all"` for
+/// drops before the fan-out (`event_too_large`).
+pub const EVENTS_DROPPED_TOTAL: &str = "audit_forwarder_events_dropped_total";
+/// Counter `{sink}`: events a sink delivered (wrote, for stdout).
+pub const EVENTS_SENT_TOTAL: &str = "audit_forwarder_events_sent_total";
+/// Counter `{sink}`: bytes a sink delivered, framing included.
+pub const BYTES_SENT_TOTAL: &str = "audit_forwarder_bytes_sent_total";
+/// Counter `{sink, reason}`: events affected by a failed delivery attempt; the
+/// analogue of kube-apiserver's `apiserver_audit_error_total{plugin}`.
+pub const ERROR_TOTAL: &str = "audit_forwarder_error_total";
+/// Histogram `{sink}`: seconds one delivery (one write or request) took.
+pub const SEND_DURATION_SECONDS: &str = "audit_forwarder_send_duration_seconds";
+/// Gauge `{sink}`: events in the sink's queue, including those being delivered.
+pub const QUEUE_EVENTS: &str = "audit_forwarder_queue_events";
+/// Gauge `{sink}`: bytes held by the sink's queue.
+pub const QUEUE_BYTES: &str = "audit_forwarder_queue_bytes";
+/// Gauge `{sink}`: the queue's `capacity_events`.
+pub const QUEUE_CAPACITY_EVENTS: &str = "audit_forwarder_queue_capacity_events";
+/// Gauge `{sink}`: the queue's `capacity_bytes`.
+pub const QUEUE_CAPACITY_BYTES: &str = "audit_forwarder_queue_capacity_bytes";
+/// Gauge `{listener}`: open client connections.
+pub const OPEN_CONNECTIONS: &str = "audit_forwarder_open_connections";
+/// Gauge `{version}`: always 1.
+pub const BUILD_INFO: &str = "audit_forwarder_build_info";

@@ -1,0 +1,303 @@
+//! The pipeline between the source and the sinks: one bounded queue per sink and
+//! whole-batch admission across all of them.
+//!
+//! The source hands each decoded request to [`Pipeline::admit`] and answers the
+//! API server from its result alone (DESIGN.md, "acknowledgement"): `Ok` means
+//! every event of the request is in every `block` sink's queue; an error means
+//! none is in any. A durable queue would take the in-memory queue's place behind
+//! the same call.
+
+mod batch;
+mod queue;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use batch::Batch;
+pub use queue::{Delivery, QueueReader, WhenFull};
+
+use crate::metrics::Metrics;
+use queue::Queue;
+
+/// The shape of one sink's queue.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    /// The sink's name (metric label).
+    pub name: String,
+    /// Most events the queue holds.
+    pub capacity_events: usize,
+    /// Most bytes the queue holds.
+    pub capacity_bytes: usize,
+    /// What happens when a batch does not fit.
+    pub when_full: WhenFull,
+}
+
+/// Why a batch was not admitted. Nothing of it was queued anywhere.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// A `block` sink's queue had no room for the whole batch within the wait.
+    #[error("sink {sink} has no room for {events} events within {wait_ms} ms")]
+    Full {
+        /// The first sink found full.
+        sink: String,
+        /// Events in the batch.
+        events: usize,
+        /// How long admission waited, in milliseconds.
+        wait_ms: u64,
+    },
+    /// The batch is larger than a `block` sink's whole queue.
+    #[error(
+        "batch of {events} events and {bytes} bytes is larger than the whole queue of sink {sink}"
+    )]
+    TooLarge {
+        /// The sink.
+        sink: String,
+        /// Events in the batch.
+        events: usize,
+        /// Bytes the batch holds.
+        bytes: usize,
+    },
+    /// The pipeline is shutting down.
+    #[error("the forwarder is shutting down")]
+    Closed,
+}
+
+/// The queues of all sinks.
+pub struct Pipeline {
+    queues: Vec<Arc<Queue>>,
+    space: Arc<Notify>,
+    wait: Duration,
+}
+
+impl Pipeline {
+    /// Creates one queue per spec and returns the pipeline with the readers, in
+    /// the order of `specs`. `wait` is how long [`Pipeline::admit`] waits for
+    /// room before refusing.
+    pub fn new(specs: &[QueueSpec], wait: Duration, metrics: &Metrics) -> (Self, Vec<QueueReader>) {
+        let space = Arc::new(Notify::new());
+        let queues: Vec<Arc<Queue>> = specs
+            .iter()
+            .map(|s| {
+                let m = metrics.sink(&s.name, s.capacity_events, s.capacity_bytes);
+                Arc::new(Queue::new(
+                    s.name.clone(),
+                    s.capacity_events,
+                    s.capacity_bytes,
+                    s.when_full,
+                    space.clone(),
+                    m,
+                ))
+            })
+            .collect();
+        let readers = queues
+            .iter()
+            .map(|q| QueueReader { queue: q.clone() })
+            .collect();
+        (
+            Self {
+                queues,
+                space,
+                wait,
+            },
+            readers,
+        )
+    }
+
+    /// Most events one request may carry: the smallest `capacity_events` of the
+    /// `block` queues (a larger batch could never be admitted).
+    pub fn max_batch_events(&self) -> usize {
+        self.blocking()
+            .map(|q| q.capacity_events)
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+
+    fn blocking(&self) -> impl Iterator<Item = &Arc<Queue>> {
+        self.queues
+            .iter()
+            .filter(|q| q.when_full == WhenFull::Block)
+    }
+
+    /// Puts `batch` into every sink's queue, all or nothing across the `block`
+    /// sinks, waiting up to the configured wait for room. A `drop_newest` sink
+    /// without room drops the batch (counted) without holding up the others.
+    /// An empty batch is admitted without being queued.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal`] when the batch was not queued anywhere.
+    pub async fn admit(&self, batch: Batch) -> Result<(), Refusal> {
+        if let Some(q) = self.blocking().find(|q| !q.can_ever_hold(&batch)) {
+            return Err(Refusal::TooLarge {
+                sink: q.name.clone(),
+                events: batch.events.len(),
+                bytes: batch.retained_bytes(),
+            });
+        }
+        if batch.events.is_empty() {
+            return Ok(());
+        }
+        let batch = Arc::new(batch);
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_admit(&batch) {
+                Ok(()) => return Ok(()),
+                Err(None) => return Err(Refusal::Closed),
+                Err(Some(full)) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(Refusal::Full {
+                            sink: full.to_owned(),
+                            events: batch.events.len(),
+                            wait_ms: self.wait.as_millis() as u64,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt under all the locks. `Err(Some(sink))` names a full `block`
+    /// queue; `Err(None)` means closed.
+    fn try_admit(&self, batch: &Arc<Batch>) -> Result<(), Option<&str>> {
+        let mut states: Vec<_> = self.queues.iter().map(|q| q.lock()).collect();
+        for (q, state) in self.queues.iter().zip(&states) {
+            if Queue::is_closed(state) {
+                return Err(None);
+            }
+            if q.when_full == WhenFull::Block && !q.fits(state, batch) {
+                return Err(Some(&q.name));
+            }
+        }
+        for (q, state) in self.queues.iter().zip(states.iter_mut()) {
+            if q.fits(state, batch) {
+                q.push(state, batch.clone());
+            } else {
+                q.metrics.dropped("queue_full", batch.events.len() as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses every later batch and lets each sink end once it has delivered
+    /// what its queue holds.
+    pub fn close(&self) {
+        for q in &self.queues {
+            q.close();
+        }
+    }
+
+    /// Counts every event still queued as dropped for `reason` (at a shutdown
+    /// that ran out of time).
+    pub fn count_undelivered(&self, reason: &str) {
+        for q in &self.queues {
+            q.metrics.dropped(reason, q.depth_events() as u64);
+        }
+    }
+
+    /// Events waiting or being delivered, summed over all queues.
+    pub fn depth_events(&self) -> usize {
+        self.queues.iter().map(|q| q.depth_events()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Event, EventMeta};
+    use bytes::Bytes;
+
+    fn batch(n: usize) -> Batch {
+        let body = Bytes::from(vec![b'x'; n * 10]);
+        let events = (0..n)
+            .map(|i| Event {
+                raw: body.slice(i * 10..i * 10 + 10),
+                meta: EventMeta::default(),
+            })
+            .collect();
+        Batch::new(body, events)
+    }
+
+    fn spec(name: &str, events: usize, when_full: WhenFull) -> QueueSpec {
+        QueueSpec {
+            name: name.into(),
+            capacity_events: events,
+            capacity_bytes: 1 << 20,
+            when_full,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_does_not_fit_everywhere_is_queued_nowhere() {
+        let m = Metrics::new();
+        let (p, mut readers) = Pipeline::new(
+            &[
+                spec("a", 10, WhenFull::Block),
+                spec("b", 5, WhenFull::Block),
+            ],
+            Duration::from_millis(100),
+            &m,
+        );
+        p.admit(batch(4)).await.unwrap();
+        let refused = p.admit(batch(2)).await.unwrap_err();
+        assert!(matches!(refused, Refusal::Full { ref sink, events: 2, .. } if sink == "b"));
+        assert_eq!(readers[0].depth_events(), 4);
+        assert_eq!(readers[1].depth_events(), 4);
+        // Room made while admission waits lets the batch in.
+        let first = readers[1].recv().await.unwrap();
+        let admit = p.admit(batch(2));
+        tokio::pin!(admit);
+        assert!(futures_poll(&mut admit).is_none());
+        drop(first);
+        admit.await.unwrap();
+        assert_eq!(readers[1].depth_events(), 2);
+        assert_eq!(readers[0].depth_events(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drop_newest_sink_never_blocks_the_others() {
+        let m = Metrics::new();
+        let (p, readers) = Pipeline::new(
+            &[
+                spec("a", 10, WhenFull::Block),
+                spec("b", 3, WhenFull::DropNewest),
+            ],
+            Duration::from_millis(100),
+            &m,
+        );
+        p.admit(batch(3)).await.unwrap();
+        p.admit(batch(3)).await.unwrap();
+        assert_eq!(readers[0].depth_events(), 6);
+        assert_eq!(readers[1].depth_events(), 3);
+        assert!(matches!(
+            p.admit(batch(11)).await,
+            Err(Refusal::TooLarge { .. })
+        ));
+        p.close();
+        assert_eq!(p.admit(batch(1)).await, Err(Refusal::Closed));
+    }
+
+    #[tokio::test]
+    async fn readers_drain_then_end_after_close() {
+        let m = Metrics::new();
+        let (p, mut readers) = Pipeline::new(&[spec("a", 10, WhenFull::Block)], Duration::ZERO, &m);
+        p.admit(batch(2)).await.unwrap();
+        p.close();
+        assert_eq!(readers[0].recv().await.unwrap().batch.events.len(), 2);
+        assert!(readers[0].recv().await.is_none());
+        assert_eq!(readers[0].depth_events(), 0);
+    }
+
+    fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        match std::pin::Pin::new(f).poll(&mut std::task::Context::from_waker(waker)) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! A sink's bounded in-memory queue of batches.
+//!
+//! Bounded in events and in bytes ([`super::Batch::retained_bytes`]). Room is
+//! held from the moment a batch is admitted until the sink has finished with it
+//! (its [`Delivery`] is dropped), so the depth counts what is being sent too.
+//! Admission is done by [`super::Pipeline`], which takes the locks of every
+//! queue at once so that a batch enters all of them or none.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::Batch;
+use crate::metrics::SinkMetrics;
+
+/// What a queue does when a batch does not fit (Vector's `when_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Refuse the whole request with 503 (back-pressure to the API server).
+    #[default]
+    Block,
+    /// Accept the request and drop the batch for this sink, counted in
+    /// `audit_forwarder_events_dropped_total{reason="queue_full"}`.
+    DropNewest,
+}
+
+pub(crate) struct State {
+    items: VecDeque<Arc<Batch>>,
+    events: usize,
+    bytes: usize,
+    closed: bool,
+}
+
+/// One sink's queue.
+pub(crate) struct Queue {
+    pub(crate) name: String,
+    pub(crate) capacity_events: usize,
+    pub(crate) capacity_bytes: usize,
+    pub(crate) when_full: WhenFull,
+    state: Mutex<State>,
+    ready: Notify,
+    space: Arc<Notify>,
+    pub(crate) metrics: SinkMetrics,
+}
+
+impl Queue {
+    pub(crate) fn new(
+        name: String,
+        capacity_events: usize,
+        capacity_bytes: usize,
+        when_full: WhenFull,
+        space: Arc<Notify>,
+        metrics: SinkMetrics,
+    ) -> Self {
+        let state = State {
+            items: VecDeque::new(),
+            events: 0,
+            bytes: 0,
+            closed: false,
+        };
+        Self {
+            name,
+            capacity_events,
+            capacity_bytes,
+            when_full,
+            state: Mutex::new(state),
+            ready: Notify::new(),
+            space,
+            metrics,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves counters that are still
+        // consistent (each update is a single statement), so poison is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `batch` could ever fit in an empty queue.
+    pub(crate) fn can_ever_hold(&self, batch: &Batch) -> bool {
+        batch.events.len() <= self.capacity_events && batch.retained_bytes() <= self.capacity_bytes
+    }
+
+    pub(crate) fn fits(&self, state: &State, batch: &Batch) -> bool {
+        state.events + batch.events.len() <= self.capacity_events
+            && state.bytes + batch.retained_bytes() <= self.capacity_bytes
+    }
+
+    pub(crate) fn push(&self, state: &mut State, batch: Arc<Batch>) {
+        state.events += batch.events.len();
+        state.bytes += batch.retained_bytes();
+        state.items.push_back(batch);
+        self.publish(state);
+        self.ready.notify_one();
+    }
+
+    pub(crate) fn depth_events(&self) -> usize {
+        self.lock().events
+    }
+
+    pub(crate) fn is_closed(state: &State) -> bool {
+        state.closed
+    }
+
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    fn publish(&self, state: &State) {
+        self.metrics.queue_events.set(state.events as i64);
+        self.metrics.queue_bytes.set(state.bytes as i64);
+    }
+
+    fn release(&self, batch: &Batch) {
+        let mut state = self.lock();
+        state.events -= batch.events.len();
+        state.bytes -= batch.retained_bytes();
+        self.publish(&state);
+        drop(state);
+        self.space.notify_waiters();
+    }
+}
+
+/// The receiving end of a queue, owned by its sink.
+pub struct QueueReader {
+    pub(crate) queue: Arc<Queue>,
+}
+
+/// A batch taken from a queue. Its room in the queue is given back when this is
+/// dropped, so a sink drops it once the batch is delivered.
+pub struct Delivery {
+    /// The batch.
+    pub batch: Arc<Batch>,
+    queue: Arc<Queue>,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.queue.release(&self.batch);
+    }
+}
+
+impl QueueReader {
+    /// The next batch, waiting for one; `None` once the queue is closed and empty.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        loop {
+            let queue = self.queue.clone();
+            let notified = queue.ready.notified();
+            if let Some(next) = self.try_recv() {
+                return Some(next);
+            }
+            if self.queue.lock().closed {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next batch if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        let batch = self.queue.lock().items.pop_front()?;
+        Some(Delivery {
+            batch,
+            queue: self.queue.clone(),
+        })
+    }
+
+    /// Whether no batch is waiting (batches being delivered do not count).
+    pub fn is_empty(&self) -> bool {
+        self.queue.lock().items.is_empty()
+    }
+
+    /// Events waiting or being delivered.
+    pub fn depth_events(&self) -> usize {
+        self.queue.depth_events()
+    }
+
+    /// The sink's name.
+    pub fn sink_name(&self) -> &str {
+        &self.queue.name
+    }
+
+    /// The sink's metric handles.
+    pub fn metrics(&self) -> &SinkMetrics {
+        &self.queue.metrics
+    }
+}

@@ -1,0 +1,82 @@
+//! Reading a request body within its limits, and undoing `Content-Encoding: gzip`.
+
+use std::io::Read;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::error::RequestError;
+
+/// Most bytes reserved up front for a body, whatever its `Content-Length` says;
+/// the buffer grows as bytes actually arrive.
+const INITIAL_RESERVE: usize = 1 << 20;
+
+/// Reads the whole body, refusing it as soon as more than `limit` bytes have
+/// arrived (chunked bodies included) or when it takes longer than `timeout`.
+/// A body that arrives in one frame is returned without a copy.
+///
+/// # Errors
+///
+/// [`RequestError::BodyTooLarge`], [`RequestError::BodyTimeout`] or
+/// [`RequestError::BodyRead`].
+pub(crate) async fn read(
+    mut body: Incoming,
+    limit: u64,
+    timeout: Duration,
+    declared: Option<u64>,
+) -> Result<Bytes, RequestError> {
+    let read = async {
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(RequestError::BodyRead)?.into_data() else {
+                continue;
+            };
+            total += data.len() as u64;
+            if total > limit {
+                return Err(RequestError::BodyTooLarge { size: total, limit });
+            }
+            if let Some(buf) = joined.as_mut() {
+                buf.extend_from_slice(&data);
+            } else if let Some(previous) = first.take() {
+                let hint = declared.unwrap_or(0).min(limit) as usize;
+                let mut buf =
+                    BytesMut::with_capacity(hint.min(INITIAL_RESERVE).max(total as usize));
+                buf.extend_from_slice(&previous);
+                buf.extend_from_slice(&data);
+                joined = Some(buf);
+            } else {
+                first = Some(data);
+            }
+        }
+        Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| RequestError::BodyTimeout(timeout.as_secs()))?
+}
+
+/// Undoes gzip (every member of a multi-member stream, RFC 1952 §2.2),
+/// refusing output over `limit` bytes.
+///
+/// # Errors
+///
+/// [`RequestError::InvalidGzip`] or [`RequestError::DecodedTooLarge`].
+pub(crate) fn gunzip(data: &[u8], limit: u64) -> Result<Bytes, RequestError> {
+    let mut out = Vec::with_capacity(
+        (data.len() * 4)
+            .min(limit as usize)
+            .min(INITIAL_RESERVE * 8),
+    );
+    let mut decoder = flate2::read::MultiGzDecoder::new(data).take(limit + 1);
+    decoder
+        .read_to_end(&mut out)
+        .map_err(RequestError::InvalidGzip)?;
+    if out.len() as u64 > limit {
+        return Err(RequestError::DecodedTooLarge { limit });
+    }
+    Ok(Bytes::from(out))
+}

@@ -15,3 +15,4 @@ pub mod pipeline;
 pub mod server;
 pub mod sink;
 pub mod source;
+pub mod synth;

@@ -1,1 +1,9 @@
-fn main() {}
+//! Integration tests: the forwarder started for real on 127.0.0.1:0, fed over
+//! real TCP, its stdout sink and `/metrics` read as a user would.
+#![allow(unreachable_pub)]
+
+mod binary;
+mod cases;
+mod corpus;
+mod harness;
+mod http_edge;

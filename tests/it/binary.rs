@@ -1,0 +1,196 @@
+//! The real binary, as an operator runs it: the README's commands, signals,
+//! `check-config`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use crate::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kube-audit-forwarder");
+
+/// The binary on its built-in default, moved to loopback and kernel-chosen
+/// ports through environment overrides.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Process {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("AUDIT_FORWARDER__SOURCE__HTTP__ADDRESS", "127.0.0.1:0")
+            .env("AUDIT_FORWARDER__METRICS__ADDRESS", "127.0.0.1:0")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut addrs = Vec::new();
+        while addrs.len() < 2 {
+            let line = rx.recv_timeout(PATIENCE).expect("listener address logged");
+            if let Some(addr) = line
+                .split("address=")
+                .nth(1)
+                .filter(|_| line.contains("listener ready"))
+            {
+                addrs.push(addr.trim().parse().unwrap());
+            }
+        }
+        Self {
+            child,
+            addr: addrs[0],
+            metrics_addr: addrs[1],
+            stderr: rx,
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for exit; returns the status code, stdout, and the stderr lines.
+    fn finish(mut self) -> (Option<i32>, String, Vec<String>) {
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        let logs = self.stderr.try_iter().collect();
+        (status.code(), out, logs)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_a_batch_is_queued_writes_it_and_exits_0() {
+    let p = Process::start(&[]);
+    // stdout is not read yet: a 260 KB batch fills the pipe and stays queued.
+    let body = read("cases/BH-01/body.json");
+    assert_eq!(
+        post(
+            p.addr,
+            "/post?timeout=30s",
+            &[("Content-Type", "application/json")],
+            &body
+        )
+        .await
+        .status,
+        200
+    );
+    p.signal("TERM");
+    let (code, out, logs) = tokio::task::spawn_blocking(move || p.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{logs:#?}");
+    let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert_eq!(
+        audit_ids(&lines),
+        (1..=400).map(case_id).collect::<Vec<_>>()
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("every queued event was delivered")),
+        "{logs:#?}"
+    );
+    assert!(
+        logs.iter().all(|l| !l.contains(&case_id(1))),
+        "logs never carry events"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_curl_example_prints_the_events_as_json_lines() {
+    let p = Process::start(&[]);
+    let file = data("corpus/liggitt-audit2rbac/demo.log");
+    let url = format!("http://{}/post", p.addr);
+    let curl = Command::new("curl")
+        .args([
+            "-sS",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", file.display()))
+        .arg(&url)
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    assert!(curl.status.success(), "{curl:?}");
+    assert_eq!(json(&String::from_utf8_lossy(&curl.stdout))["events"], 37);
+    let metrics = request(
+        p.metrics_addr,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(
+        metrics
+            .text()
+            .contains("audit_forwarder_events_received_total 37"),
+        "{}",
+        metrics.text()
+    );
+    p.signal("INT");
+    let (code, out, _) = tokio::task::spawn_blocking(move || p.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let expected = String::from_utf8(read("corpus/liggitt-audit2rbac/demo.log")).unwrap();
+    assert_eq!(out, expected, "compact JSON lines come out byte for byte");
+}
+
+#[test]
+fn check_config_accepts_the_shipped_configs_and_names_a_bad_key() {
+    let ok = Command::new(BIN)
+        .args(["check-config"])
+        .arg(data("../../config/default.yaml"))
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), "source:\n  http:\n    max_body_byte: 10\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("source.http")
+            && msg.contains("max_body_byte")
+            && msg.contains(&bad.path().display().to_string()),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_listen_address_fails_at_start_naming_it() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .env("AUDIT_FORWARDER__SOURCE__HTTP__ADDRESS", &addr)
+        .env("AUDIT_FORWARDER__METRICS__ADDRESS", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains(&addr), "{msg}");
+}

@@ -100,6 +100,13 @@ pub fn load(
             }
             message = rest.to_owned();
         }
+        // The config crate appends where it was; the key path says it already.
+        if let Some(at) = message
+            .rfind(" for key `")
+            .filter(|_| message.ends_with('`'))
+        {
+            message.truncate(at);
+        }
         ConfigError::key(&origin, key, message)
     })?;
     config

@@ -4,6 +4,8 @@
 //! the sinks drain, all within `shutdown.deadline_secs`.
 
 use std::net::SocketAddr;
+
+use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use crate::config::{Config, SinkConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, QueueSpec};
 use crate::server::{self, ServeOptions};
-use crate::sink::{BoxWriter, Sink, StdoutSink};
+use crate::sink::{BoxWriter, HttpSink, Sink, StdoutSink, TcpSink};
 use crate::source::Handler;
 
 /// A forwarder ready to start.
@@ -114,6 +116,13 @@ impl App {
                         .unwrap_or_else(|| Box::new(tokio::io::stdout()));
                     Sink::Stdout(StdoutSink::new(writer))
                 }
+                SinkConfig::Http(c) => Sink::Http(Box::new(
+                    HttpSink::build(c, reader.metrics().clone())
+                        .with_context(|| format!("sink {}", c.name))?,
+                )),
+                SinkConfig::Tcp(c) => {
+                    Sink::Tcp(TcpSink::build(c).with_context(|| format!("sink {}", c.name))?)
+                }
             };
             sinks.push((sink_cfg.name().to_owned(), tokio::spawn(sink.run(reader))));
         }
@@ -209,8 +218,9 @@ impl Running {
         }
         self.pipeline.close();
         let mut unfinished_sinks = Vec::new();
-        for (name, task) in self.sinks {
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
+        for (name, mut task) in self.sinks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
                 unfinished_sinks.push(name);
             }
         }

@@ -11,10 +11,12 @@
 //!
 //! `config/default.yaml` lists every key with its default.
 
+mod sinks;
 mod types;
 
 use std::path::{Path, PathBuf};
 
+pub use sinks::*;
 pub use types::*;
 
 /// Prefix of environment overrides, before the `__` separator.

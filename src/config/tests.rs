@@ -82,3 +82,54 @@ fn unknown_environment_override_is_an_error() {
     let msg = load(None, env).unwrap_err().to_string();
     assert!(msg.contains("addres"), "{msg}");
 }
+
+#[test]
+fn network_sink_mistakes_are_named() {
+    let cases = [
+        (
+            "sinks:\n  - type: http\n    endpoints: []\n",
+            "sinks[0].endpoints",
+        ),
+        (
+            "sinks:\n  - type: http\n    endpoints: [\"ftp://x/\"]\n",
+            "sinks[0].endpoints[0]",
+        ),
+        (
+            "sinks:\n  - type: http\n    endpoints: [\"http://x/\"]\n    tls:\n      crt_file: /a.crt\n",
+            "sinks[0].tls.key_file",
+        ),
+        (
+            "sinks:\n  - type: tcp\n    endpoint: \"x:1\"\n    tls:\n      key_file: /a.key\n",
+            "sinks[0].tls.crt_file",
+        ),
+        (
+            "sinks:\n  - type: http\n    endpoints: [\"http://x/\"]\n    retry:\n      retry_statuses: [\"6xx\"]\n",
+            "sinks[0].retry.retry_statuses[0]",
+        ),
+        (
+            "sinks:\n  - type: http\n    endpoints: [\"http://x/\"]\n    encoding: protobuf\n",
+            "sinks[0].encoding",
+        ),
+        (
+            "sinks:\n  - type: tcp\n    endpoint: \"nohost\"\n",
+            "sinks[0].endpoint",
+        ),
+        (
+            "sinks:\n  - type: http\n    endpoints: [\"http://x/\"]\n    headers:\n      Authorization: {}\n",
+            "sinks[0].headers.Authorization",
+        ),
+    ];
+    for (yaml, key) in cases {
+        let f = file(yaml);
+        let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+        assert!(msg.contains(key), "{key}: {msg}");
+    }
+}
+
+#[test]
+fn retry_status_patterns() {
+    assert!(StatusPattern::parse("5xx").unwrap().matches(503));
+    assert!(!StatusPattern::parse("5xx").unwrap().matches(429));
+    assert!(StatusPattern::parse("429").unwrap().matches(429));
+    assert!(StatusPattern::parse("42").is_none());
+}

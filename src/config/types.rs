@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+use super::{HttpSinkConfig, TcpSinkConfig};
 use crate::pipeline::WhenFull;
 
 const MIB: u64 = 1 << 20;
@@ -129,6 +130,10 @@ impl Default for PipelineConfig {
 pub enum SinkConfig {
     /// JSON lines on stdout.
     Stdout(StdoutSinkConfig),
+    /// HTTP(S) POSTs to one or more endpoints.
+    Http(HttpSinkConfig),
+    /// JSON lines over TCP, optionally TLS.
+    Tcp(TcpSinkConfig),
 }
 
 impl SinkConfig {
@@ -136,6 +141,8 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             Self::Stdout(s) => &s.name,
+            Self::Http(s) => &s.name,
+            Self::Tcp(s) => &s.name,
         }
     }
 
@@ -143,12 +150,14 @@ impl SinkConfig {
     pub fn queue(&self) -> &QueueConfig {
         match self {
             Self::Stdout(s) => &s.queue,
+            Self::Http(s) => &s.queue,
+            Self::Tcp(s) => &s.queue,
         }
     }
 }
 
 /// Sink types, for error messages.
-const SINK_TYPES: &str = "`stdout`";
+const SINK_TYPES: &str = "`stdout`, `http`, `tcp`";
 
 impl<'de> Deserialize<'de> for SinkConfig {
     /// Like `#[serde(tag = "type")]`, but an error inside the sink keeps its key
@@ -168,6 +177,8 @@ impl<'de> Deserialize<'de> for SinkConfig {
         let body = serde_json::Value::Object(map);
         match kind.as_str() {
             "stdout" => nested(body).map(Self::Stdout),
+            "http" => nested(body).map(Self::Http),
+            "tcp" => nested(body).map(Self::Tcp),
             other => Err(D::Error::custom(format!(
                 "unknown sink type `{other}`, expected one of {SINK_TYPES}"
             ))),
@@ -363,6 +374,12 @@ impl Config {
                     &format!("sinks[{i}].queue.capacity_events"),
                     "must be greater than 0",
                 );
+            }
+            let prefix = format!("sinks[{i}]");
+            match sink {
+                SinkConfig::Stdout(_) => {}
+                SinkConfig::Http(h) => h.validate(&prefix)?,
+                SinkConfig::Tcp(t) => t.validate(&prefix)?,
             }
             if (sink.queue().capacity_bytes as u64)
                 < http.max_decoded_bytes.min(http.max_body_bytes)

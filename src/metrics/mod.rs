@@ -33,6 +33,9 @@ pub struct Metrics {
     sent_bytes: IntCounterVec,
     errors: IntCounterVec,
     send_duration: HistogramVec,
+    retries: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    endpoint_up: IntGaugeVec,
     queue_events: IntGaugeVec,
     queue_bytes: IntGaugeVec,
     queue_capacity_events: IntGaugeVec,
@@ -53,6 +56,10 @@ pub struct SinkMetrics {
     pub queue_bytes: IntGauge,
     /// Seconds per delivery.
     pub send_duration: prometheus::Histogram,
+    /// Delivery attempts repeated.
+    pub retries: IntCounter,
+    /// Events rejected for good.
+    pub dead_lettered: IntCounter,
     metrics: Metrics,
     sink: String,
 }
@@ -64,6 +71,13 @@ impl SinkMetrics {
             .errors
             .with_label_values(&[&self.sink, reason])
             .inc_by(events);
+    }
+
+    /// The gauge `audit_forwarder_endpoint_up{sink, endpoint}`.
+    pub fn endpoint_up(&self, endpoint: &str) -> IntGauge {
+        self.metrics
+            .endpoint_up
+            .with_label_values(&[&self.sink, endpoint])
     }
 
     /// Counts `events` under `audit_forwarder_events_dropped_total{sink, reason}`.
@@ -167,6 +181,21 @@ impl Metrics {
                 "Seconds one delivery took, by sink.",
                 &["sink"],
             ),
+            retries: counter(
+                RETRIES_TOTAL,
+                "Delivery attempts repeated, by sink.",
+                &["sink"],
+            ),
+            dead_lettered: counter(
+                EVENTS_DEAD_LETTERED_TOTAL,
+                "Events rejected for good by an endpoint, by sink.",
+                &["sink"],
+            ),
+            endpoint_up: gauge(
+                ENDPOINT_UP,
+                "1 while the endpoint is in rotation, 0 while ejected.",
+                &["sink", "endpoint"],
+            ),
             queue_events: gauge(QUEUE_EVENTS, "Events in the sink's queue.", &["sink"]),
             queue_bytes: gauge(QUEUE_BYTES, "Bytes held by the sink's queue.", &["sink"]),
             queue_capacity_events: gauge(
@@ -245,6 +274,8 @@ impl Metrics {
             queue_events: self.queue_events.with_label_values(&[name]),
             queue_bytes: self.queue_bytes.with_label_values(&[name]),
             send_duration: self.send_duration.with_label_values(&[name]),
+            retries: self.retries.with_label_values(&[name]),
+            dead_lettered: self.dead_lettered.with_label_values(&[name]),
             metrics: self.clone(),
             sink: name.to_owned(),
         }

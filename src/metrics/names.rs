@@ -26,6 +26,15 @@ pub const BYTES_SENT_TOTAL: &str = "audit_forwarder_bytes_sent_total";
 /// Counter `{sink, reason}`: events affected by a failed delivery attempt; the
 /// analogue of kube-apiserver's `apiserver_audit_error_total{plugin}`.
 pub const ERROR_TOTAL: &str = "audit_forwarder_error_total";
+/// Counter `{sink}`: delivery attempts repeated (HTTP requests retried, events
+/// re-sent on a new TCP connection).
+pub const RETRIES_TOTAL: &str = "audit_forwarder_retries_total";
+/// Counter `{sink}`: events an endpoint rejected for good, written to the
+/// dead-letter file if one is configured.
+pub const EVENTS_DEAD_LETTERED_TOTAL: &str = "audit_forwarder_events_dead_lettered_total";
+/// Gauge `{sink, endpoint}`: 1 while the endpoint is in rotation, 0 while it
+/// is ejected.
+pub const ENDPOINT_UP: &str = "audit_forwarder_endpoint_up";
 /// Histogram `{sink}`: seconds one delivery (one write or request) took.
 pub const SEND_DURATION_SECONDS: &str = "audit_forwarder_send_duration_seconds";
 /// Gauge `{sink}`: events in the sink's queue, including those being delivered.

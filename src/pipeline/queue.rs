@@ -168,6 +168,12 @@ impl QueueReader {
         })
     }
 
+    /// Whether the queue is closed and has nothing waiting.
+    pub fn is_closed_and_empty(&self) -> bool {
+        let state = self.queue.lock();
+        state.closed && state.items.is_empty()
+    }
+
     /// Whether no batch is waiting (batches being delivered do not count).
     pub fn is_empty(&self) -> bool {
         self.queue.lock().items.is_empty()

@@ -1,12 +1,20 @@
 //! Sinks: where events are delivered. A closed set, built from the `sinks`
 //! config; each runs as one task that ends when its queue is closed and drained.
 
+mod acked;
+pub mod deadletter;
+pub mod http;
+pub mod retry;
 pub mod stdout;
+pub mod tcp;
+pub mod tls;
 
 use tokio::io::AsyncWrite;
 
 use crate::pipeline::QueueReader;
+pub use http::HttpSink;
 pub use stdout::StdoutSink;
+pub use tcp::TcpSink;
 
 /// A writer the stdout sink can own.
 pub type BoxWriter = Box<dyn AsyncWrite + Send + Unpin>;
@@ -15,6 +23,10 @@ pub type BoxWriter = Box<dyn AsyncWrite + Send + Unpin>;
 pub enum Sink {
     /// JSON lines to stdout (or the writer given in its place).
     Stdout(StdoutSink<BoxWriter>),
+    /// HTTP(S) POSTs.
+    Http(Box<HttpSink>),
+    /// JSON lines over TCP.
+    Tcp(TcpSink),
 }
 
 impl Sink {
@@ -22,6 +34,8 @@ impl Sink {
     pub async fn run(self, input: QueueReader) {
         match self {
             Self::Stdout(s) => s.run(input).await,
+            Self::Http(s) => s.run(input).await,
+            Self::Tcp(s) => s.run(input).await,
         }
     }
 }

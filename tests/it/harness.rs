@@ -40,6 +40,7 @@ pub fn config() -> Config {
 pub fn stdout_queue(c: &mut Config) -> &mut QueueConfig {
     match &mut c.sinks[0] {
         SinkConfig::Stdout(s) => &mut s.queue,
+        _ => panic!("the first sink is not stdout"),
     }
 }
 

@@ -2,8 +2,12 @@
 //! real TCP, its stdout sink and `/metrics` read as a user would.
 #![allow(unreachable_pub)]
 
+mod backends;
 mod binary;
 mod cases;
 mod corpus;
 mod harness;
 mod http_edge;
+mod interop;
+mod pki;
+mod sinks;

@@ -1,0 +1,483 @@
+//! The `http` sink: POSTs events to one or more endpoints with retries,
+//! failover and health checks. With `encoding: passthrough` each webhook batch
+//! is relayed as its own request, body unchanged (what HAProxy does); with
+//! `ndjson` or `json_array` events are re-batched.
+//!
+//! Delivery is at least once: a batch stays in the sink's queue (holding its
+//! room) until an endpoint answers 2xx, or rejects it with a status that is not
+//! retried. Connection errors, timeouts and `retry_statuses` are retried without
+//! end, with backoff and jitter, honouring `Retry-After`; a full queue then
+//! pushes back to the API server as 503. A request that fails on a pooled
+//! connection the peer had closed is retried at once on a fresh one. A
+//! rejected re-batched request is split in halves until the bad event is
+//! found; what stays rejected is counted, logged with its auditID, and written
+//! to the dead-letter file.
+
+mod body;
+mod endpoints;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use body::EventRef;
+use endpoints::Endpoints;
+
+use super::deadletter::DeadLetter;
+use super::retry::Backoff;
+use super::tls;
+use crate::config::{
+    BatchConfig, Compression, Encoding, HealthCheckConfig, HttpSinkConfig, HttpVersion,
+    StatusPattern,
+};
+use crate::metrics::SinkMetrics;
+use crate::pipeline::{Delivery, QueueReader};
+
+/// Most bytes of a response body read (and thrown away) so that the connection
+/// can be reused.
+const MAX_RESPONSE_BYTES: usize = 64 << 10;
+
+/// A built HTTP sink.
+pub struct HttpSink {
+    name: String,
+    clients: Vec<reqwest::Client>,
+    endpoints: Arc<Endpoints>,
+    encoding: Encoding,
+    compression: Compression,
+    headers: HeaderMap,
+    batch: BatchConfig,
+    retry_statuses: Vec<StatusPattern>,
+    backoff: Backoff,
+    dead_letter: Option<DeadLetter>,
+    health: Option<HealthCheckConfig>,
+    metrics: SinkMetrics,
+}
+
+/// How one request ended, after its retries.
+enum Outcome {
+    Delivered,
+    Rejected(u16),
+}
+
+impl HttpSink {
+    /// Builds the sink: loads TLS files, resolves header values, parses URLs.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the key and file at fault.
+    pub fn build(cfg: &HttpSinkConfig, metrics: SinkMetrics) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let mut urls = Vec::new();
+        let mut clients = Vec::new();
+        for raw in &cfg.endpoints {
+            let mut url = url::Url::parse(raw).with_context(|| format!("endpoint {raw}"))?;
+            let mut builder = reqwest::Client::builder()
+                .user_agent(concat!("kube-audit-forwarder/", env!("CARGO_PKG_VERSION")))
+                .timeout(Duration::from_secs(cfg.timeout_secs))
+                .connect_timeout(Duration::from_secs(cfg.connect_timeout_secs))
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .tcp_keepalive(Duration::from_secs(30))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(15))
+                .http2_keep_alive_timeout(Duration::from_secs(10))
+                .http2_keep_alive_while_idle(true);
+            builder = match cfg.http_version {
+                HttpVersion::Auto => builder,
+                HttpVersion::Http1 => builder.http1_only(),
+                HttpVersion::Http2 => builder.http2_prior_knowledge(),
+            };
+            let alpn: &[&[u8]] = match cfg.http_version {
+                HttpVersion::Http1 => &[b"http/1.1"],
+                HttpVersion::Http2 => &[b"h2"],
+                HttpVersion::Auto => &[b"h2", b"http/1.1"],
+            };
+            // Given for http:// too: reqwest would otherwise look for a
+            // process-wide crypto provider.
+            builder = builder.tls_backend_preconfigured(tls::client_config(&cfg.tls, alpn)?);
+            if url.scheme() == "https"
+                && let (Some(name), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) =
+                    (&cfg.tls.server_name, url.host())
+            {
+                let addr = url
+                    .socket_addrs(|| None)
+                    .with_context(|| format!("endpoint {raw}"))?[0];
+                url.set_host(Some(name))
+                    .with_context(|| format!("tls.server_name {name}"))?;
+                builder = builder.resolve(name, addr);
+            }
+            clients.push(
+                builder
+                    .build()
+                    .with_context(|| format!("failed to build the HTTP client for {raw}"))?,
+            );
+            urls.push(url);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(body::content_type(cfg.encoding)),
+        );
+        if cfg.compression == Compression::Gzip {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        for (name, source) in &cfg.headers {
+            let value = match (
+                &source.value,
+                &source.value_from_file,
+                &source.value_from_env,
+            ) {
+                (Some(v), _, _) => v.clone(),
+                (_, Some(path), _) => std::fs::read_to_string(path)
+                    .with_context(|| {
+                        format!(
+                            "failed to read headers.{name}.value_from_file {}",
+                            path.display()
+                        )
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+                (_, _, Some(var)) => std::env::var(var).with_context(|| {
+                    format!("headers.{name}.value_from_env: variable {var} is not set")
+                })?,
+                _ => anyhow::bail!("headers.{name}: no value"),
+            };
+            let mut value = HeaderValue::from_str(&value)
+                .with_context(|| format!("headers.{name}: not a valid header value"))?;
+            value.set_sensitive(true);
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes())
+                    .with_context(|| format!("headers.{name}"))?,
+                value,
+            );
+        }
+        let checked = cfg.health_check.is_some();
+        let eject = Duration::from_secs(cfg.eject_secs);
+        let endpoints = Endpoints::new(
+            urls,
+            cfg.balance,
+            cfg.max_failures,
+            eject,
+            checked,
+            |label| metrics.endpoint_up(label),
+        );
+        Ok(Self {
+            name: cfg.name.clone(),
+            clients,
+            endpoints: Arc::new(endpoints),
+            encoding: cfg.encoding,
+            compression: cfg.compression,
+            headers,
+            batch: cfg.batch.clone(),
+            retry_statuses: cfg
+                .retry
+                .retry_statuses
+                .iter()
+                .filter_map(|s| StatusPattern::parse(s))
+                .collect(),
+            backoff: Backoff::new(
+                Duration::from_millis(cfg.retry.initial_backoff_ms),
+                Duration::from_secs(cfg.retry.max_backoff_secs),
+            ),
+            dead_letter: cfg.dead_letter_file.clone().map(DeadLetter::new),
+            health: cfg.health_check.clone(),
+            metrics,
+        })
+    }
+
+    /// Delivers every batch of `input` until it is closed and drained.
+    pub async fn run(mut self, mut input: QueueReader) {
+        let stop_checks = CancellationToken::new();
+        if let Some(h) = self.health.clone() {
+            tokio::spawn(health_checks(
+                self.endpoints.clone(),
+                self.clients.clone(),
+                h,
+                stop_checks.clone(),
+            ));
+        }
+        match self.encoding {
+            Encoding::Passthrough => {
+                while let Some(delivery) = input.recv().await {
+                    self.passthrough(delivery).await;
+                }
+            }
+            Encoding::Ndjson | Encoding::JsonArray => self.rebatch(&mut input).await,
+        }
+        stop_checks.cancel();
+    }
+
+    async fn passthrough(&mut self, delivery: Delivery) {
+        let batch = delivery.batch.clone();
+        let body = body::compress(batch.body.clone(), self.compression);
+        let events = batch.events.len();
+        match self.send(body, events).await {
+            Outcome::Delivered => self.delivered(events, batch.body.len()),
+            Outcome::Rejected(status) => {
+                let refs: Vec<EventRef> = (0..events)
+                    .map(|index| EventRef {
+                        batch: batch.clone(),
+                        index,
+                    })
+                    .collect();
+                self.dead_letter(&refs, status).await;
+            }
+        }
+        drop(delivery);
+    }
+
+    /// Gathers events from successive batches into requests of at most
+    /// `batch.max_events` events and `batch.max_bytes` bytes, waiting at most
+    /// `batch.timeout_ms` for a partial one to fill. A batch's room in the
+    /// queue is given back once all its events are delivered.
+    async fn rebatch(&mut self, input: &mut QueueReader) {
+        let mut held: std::collections::VecDeque<Delivery> = std::collections::VecDeque::new();
+        let mut done_in_front = 0usize;
+        let mut cursor: Option<(Arc<crate::pipeline::Batch>, usize)> = None;
+        let mut closed = false;
+        while !closed || cursor.is_some() {
+            let mut chunk: Vec<EventRef> = Vec::new();
+            let mut bytes = 0usize;
+            let mut deadline: Option<Instant> = None;
+            loop {
+                if let Some((batch, next)) = cursor.as_mut() {
+                    while *next < batch.events.len() && chunk.len() < self.batch.max_events {
+                        let size = batch.events[*next].raw.len() + 1;
+                        if !chunk.is_empty() && bytes + size > self.batch.max_bytes {
+                            break;
+                        }
+                        chunk.push(EventRef {
+                            batch: batch.clone(),
+                            index: *next,
+                        });
+                        bytes += size;
+                        *next += 1;
+                    }
+                    if *next == batch.events.len() {
+                        cursor = None;
+                    } else {
+                        break; // the chunk is full
+                    }
+                }
+                if chunk.len() >= self.batch.max_events || closed {
+                    break;
+                }
+                let next = match deadline {
+                    None if chunk.is_empty() => input.recv().await,
+                    _ => {
+                        let until = *deadline.get_or_insert_with(|| {
+                            Instant::now() + Duration::from_millis(self.batch.timeout_ms)
+                        });
+                        match tokio::time::timeout_at(until, input.recv()).await {
+                            Ok(next) => next,
+                            Err(_) => break,
+                        }
+                    }
+                };
+                match next {
+                    Some(d) => {
+                        deadline.get_or_insert_with(|| {
+                            Instant::now() + Duration::from_millis(self.batch.timeout_ms)
+                        });
+                        cursor = Some((d.batch.clone(), 0));
+                        held.push_back(d);
+                    }
+                    None => closed = true,
+                }
+            }
+            if chunk.is_empty() {
+                continue;
+            }
+            self.deliver_split(chunk.clone()).await;
+            done_in_front += chunk.len();
+            while let Some(front) = held.front() {
+                let n = front.batch.events.len();
+                if done_in_front < n {
+                    break;
+                }
+                done_in_front -= n;
+                held.pop_front();
+            }
+        }
+    }
+
+    /// Sends `events`, splitting a rejected request in halves down to the
+    /// events that are rejected on their own, which go to the dead-letter file.
+    async fn deliver_split(&mut self, events: Vec<EventRef>) {
+        let mut stack = vec![events];
+        while let Some(part) = stack.pop() {
+            let body = body::encode(&part, self.encoding, self.compression);
+            let raw_bytes: usize = part.iter().map(|e| e.event().raw.len() + 1).sum();
+            match self.send(body, part.len()).await {
+                Outcome::Delivered => self.delivered(part.len(), raw_bytes),
+                Outcome::Rejected(status) if part.len() > 1 => {
+                    tracing::debug!(sink = %self.name, status, events = part.len(), "request rejected; splitting it");
+                    let mut first = part;
+                    let second = first.split_off(first.len() / 2);
+                    stack.push(second);
+                    stack.push(first);
+                }
+                Outcome::Rejected(status) => self.dead_letter(&part, status).await,
+            }
+        }
+    }
+
+    fn delivered(&self, events: usize, bytes: usize) {
+        self.metrics.events_sent.inc_by(events as u64);
+        self.metrics.bytes_sent.inc_by(bytes as u64);
+    }
+
+    async fn dead_letter(&self, events: &[EventRef], status: u16) {
+        self.metrics.dead_lettered.inc_by(events.len() as u64);
+        self.metrics
+            .error(&format!("http_{}xx", status / 100), events.len() as u64);
+        let ids: Vec<String> = events.iter().take(10).map(EventRef::audit_id).collect();
+        tracing::error!(sink = %self.name, status, events = events.len(), audit_ids = ?ids, "endpoint rejected events for good");
+        if let Some(dl) = &self.dead_letter
+            && let Err(e) = dl.append(events.iter().map(EventRef::event)).await
+        {
+            tracing::error!(sink = %self.name, file = %dl.path().display(), error = %e, "failed to write the dead-letter file");
+        }
+    }
+
+    /// Sends one body until an endpoint takes it or rejects it for good.
+    async fn send(&mut self, body: Bytes, events: usize) -> Outcome {
+        let mut last_failed: Option<usize> = None;
+        let mut fresh_retry_used = false;
+        let mut failing = false;
+        self.backoff.reset();
+        loop {
+            let i = self.endpoints.pick(last_failed);
+            let endpoint = &self.endpoints.list[i];
+            let started = Instant::now();
+            let result = self.clients[i]
+                .post(endpoint.url.clone())
+                .headers(self.headers.clone())
+                .body(body.clone())
+                .send()
+                .await;
+            self.metrics
+                .send_duration
+                .observe(started.elapsed().as_secs_f64());
+            let (reason, wait) = match result {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = retry_after(resp.headers());
+                    drain(&mut resp).await;
+                    self.endpoints.success(i);
+                    if resp.status().is_success() {
+                        if failing {
+                            tracing::info!(sink = %self.name, endpoint = %endpoint.label, "delivering again");
+                        }
+                        return Outcome::Delivered;
+                    }
+                    if !self.retry_statuses.iter().any(|p| p.matches(status)) {
+                        return Outcome::Rejected(status);
+                    }
+                    // A retryable status counts against the endpoint too.
+                    self.endpoints.failure(i);
+                    (format!("http_{}xx", status / 100), retry_after)
+                }
+                Err(e) => {
+                    self.endpoints.failure(i);
+                    let reason = if e.is_timeout() {
+                        "timeout"
+                    } else if e.is_connect() {
+                        "connect"
+                    } else {
+                        "connection"
+                    };
+                    if !failing {
+                        tracing::warn!(sink = %self.name, endpoint = %endpoint.label, error = %error_chain(&e), "request failed; retrying");
+                    }
+                    // A pooled connection the peer had closed: once, at once.
+                    let stale = reason == "connection" && !fresh_retry_used;
+                    fresh_retry_used |= stale;
+                    (reason.to_owned(), stale.then_some(Duration::ZERO))
+                }
+            };
+            if !failing && reason.starts_with("http_") {
+                tracing::warn!(sink = %self.name, endpoint = %self.endpoints.list[i].label, reason, "endpoint refused the request; retrying");
+            }
+            failing = true;
+            self.metrics.error(&reason, events as u64);
+            self.metrics.retries.inc();
+            last_failed = (self.endpoints.list.len() > 1).then_some(i);
+            let pause = wait.unwrap_or_else(|| self.backoff.next_delay());
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// `Retry-After` in seconds (RFC 9110 §10.2.3; the HTTP-date form is ignored),
+/// capped at five minutes.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(300)))
+}
+
+/// Reads and discards up to [`MAX_RESPONSE_BYTES`] of the response body.
+async fn drain(resp: &mut reqwest::Response) {
+    let mut read = 0;
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        read += chunk.len();
+        if read > MAX_RESPONSE_BYTES {
+            break;
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// GETs `path` on every endpoint every `interval_secs`: a 2xx or 3xx answer puts
+/// it (back) in rotation, anything else counts as a failure.
+async fn health_checks(
+    endpoints: Arc<Endpoints>,
+    clients: Vec<reqwest::Client>,
+    cfg: HealthCheckConfig,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        for (i, e) in endpoints.list.iter().enumerate() {
+            let mut url = e.url.clone();
+            url.set_path(&cfg.path);
+            url.set_query(None);
+            let answer = clients[i]
+                .get(url)
+                .timeout(Duration::from_secs(cfg.timeout_secs))
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status().is_success() || r.status().is_redirection() => {
+                    endpoints.success(i)
+                }
+                _ => endpoints.failure(i),
+            }
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The `tcp` sink: events as JSON lines over one TCP connection, optionally
+//! TLS, to a Logstash `tcp` input (codec `json_lines`) or any line reader.
+//!
+//! TCP has no application acknowledgements, so delivery is judged from the
+//! socket, and a batch keeps its room in the queue until it is judged delivered:
+//! - a batch counts as delivered once the peer's kernel has acknowledged all of
+//!   its bytes (the connection's unacknowledged byte count, see
+//!   read from `/proc/net/tcp`); where that count cannot be read, once
+//!   `resend_window_ms` has passed since it was written;
+//! - the socket is read all the time, so a peer's close (FIN) or reset is
+//!   noticed at once, not at the next write; nothing is written after it;
+//! - every batch not yet counted as delivered when a connection is lost is
+//!   written again on the next connection (at least once, never at most once),
+//!   counted in `audit_forwarder_retries_total`;
+//! - while no connection can be made, batches stay queued (back-pressure).
+//!
+//! Writes are vectored: each event's bytes go from the request body to the
+//! socket without a copy (TLS copies them into records).
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use super::acked::unacked_bytes;
+use super::retry::Backoff;
+use super::tls;
+use crate::config::TcpSinkConfig;
+use crate::metrics::SinkMetrics;
+use crate::pipeline::{Delivery, QueueReader};
+
+/// How often unacknowledged batches are checked.
+const ACK_POLL: Duration = Duration::from_millis(20);
+
+/// Any connection the sink can write to.
+trait Conn: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Conn for T {}
+
+/// A built TCP sink.
+pub struct TcpSink {
+    name: String,
+    endpoint: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+    backoff: Backoff,
+    window: Duration,
+}
+
+/// A batch written but not yet known to be delivered.
+struct Written {
+    /// TCP bytes written on the connection up to the end of this batch.
+    end: u64,
+    at: Instant,
+    delivery: Delivery,
+}
+
+/// One open connection.
+struct Session {
+    conn: Box<dyn Conn>,
+    written: Arc<AtomicU64>,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+/// Why a connection was given up.
+enum Lost {
+    /// The peer closed it.
+    Closed,
+    /// Reset, or a write failed.
+    Broken(std::io::Error),
+}
+
+impl TcpSink {
+    /// Builds the sink, loading TLS files.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the key and file at fault.
+    pub fn build(cfg: &TcpSinkConfig) -> anyhow::Result<Self> {
+        let tls = if cfg.tls.enabled {
+            let host = cfg
+                .endpoint
+                .rsplit_once(':')
+                .map_or(cfg.endpoint.as_str(), |(h, _)| h);
+            let name = tls::server_name(host, cfg.tls.server_name.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            let config = tls::client_config(&cfg.tls, &[])?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        Ok(Self {
+            name: cfg.name.clone(),
+            endpoint: cfg.endpoint.clone(),
+            tls,
+            connect_timeout: Duration::from_secs(cfg.connect_timeout_secs),
+            backoff: Backoff::new(
+                Duration::from_millis(cfg.retry.initial_backoff_ms),
+                Duration::from_secs(cfg.retry.max_backoff_secs),
+            ),
+            window: Duration::from_millis(cfg.resend_window_ms),
+        })
+    }
+
+    /// Delivers every batch of `input` until it is closed and drained.
+    pub async fn run(mut self, mut input: QueueReader) {
+        let metrics = input.metrics().clone();
+        let mut resend: VecDeque<Delivery> = VecDeque::new();
+        let mut failures = 0u32;
+        loop {
+            if resend.is_empty() && input.is_closed_and_empty() {
+                return;
+            }
+            let session = match self.connect().await {
+                Ok(s) => s,
+                Err(e) => {
+                    if failures == 0 {
+                        tracing::warn!(sink = %self.name, endpoint = %self.endpoint, error = %e, "cannot connect; retrying");
+                    }
+                    failures += 1;
+                    metrics.error(
+                        "connect",
+                        resend.iter().map(|d| d.batch.events.len() as u64).sum(),
+                    );
+                    tokio::time::sleep(self.backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            if failures > 0 {
+                tracing::info!(sink = %self.name, endpoint = %self.endpoint, failures, "connected again");
+            }
+            failures = 0;
+            self.backoff.reset();
+            let mut unconfirmed = VecDeque::new();
+            let lost = self
+                .session(session, &mut input, &mut resend, &mut unconfirmed, &metrics)
+                .await;
+            let again: u64 = unconfirmed
+                .iter()
+                .map(|w| w.delivery.batch.events.len() as u64)
+                .sum();
+            match lost {
+                None => return,
+                Some(Lost::Closed) => {
+                    tracing::warn!(sink = %self.name, endpoint = %self.endpoint, resending_events = again, "peer closed the connection; reconnecting");
+                }
+                Some(Lost::Broken(e)) => {
+                    tracing::warn!(sink = %self.name, endpoint = %self.endpoint, error = %e, resending_events = again, "connection lost; reconnecting");
+                }
+            }
+            metrics.error("connection", again);
+            metrics.retries.inc_by(again);
+            while let Some(w) = unconfirmed.pop_back() {
+                resend.push_front(w.delivery);
+            }
+        }
+    }
+
+    async fn connect(&self) -> std::io::Result<Session> {
+        let connect = async {
+            let stream = TcpStream::connect(&self.endpoint).await?;
+            stream.set_nodelay(true)?;
+            let sock = socket2::SockRef::from(&stream);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(15))
+                .with_interval(Duration::from_secs(5));
+            sock.set_tcp_keepalive(&keepalive)?;
+            sock.set_tcp_user_timeout(Some(Duration::from_secs(30)))?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| std::io::ErrorKind::TimedOut)??;
+        let (local, peer) = (stream.local_addr()?, stream.peer_addr()?);
+        let written = Arc::new(AtomicU64::new(0));
+        let counted = Counting {
+            inner: stream,
+            written: written.clone(),
+        };
+        let conn: Box<dyn Conn> = match &self.tls {
+            None => Box::new(counted),
+            Some((connector, name)) => Box::new(
+                tokio::time::timeout(
+                    self.connect_timeout,
+                    connector.connect(name.clone(), counted),
+                )
+                .await
+                .map_err(|_| std::io::ErrorKind::TimedOut)??,
+            ),
+        };
+        // The handshake's bytes are acknowledged before it completes.
+        Ok(Session {
+            conn,
+            written,
+            local,
+            peer,
+        })
+    }
+
+    /// Writes batches on one connection until it is lost (`Some`) or the
+    /// input is closed and everything written is delivered (`None`).
+    async fn session(
+        &self,
+        mut s: Session,
+        input: &mut QueueReader,
+        resend: &mut VecDeque<Delivery>,
+        unconfirmed: &mut VecDeque<Written>,
+        metrics: &SinkMetrics,
+    ) -> Option<Lost> {
+        let mut scratch = vec![0u8; 4096];
+        let mut closed = false;
+        loop {
+            let next = if let Some(d) = resend.pop_front() {
+                Some(d)
+            } else {
+                let waiting = !unconfirmed.is_empty();
+                tokio::select! {
+                    biased;
+                    r = s.conn.read(&mut scratch) => match r {
+                        Ok(0) => {
+                            self.confirm(&s, unconfirmed, metrics);
+                            return Some(Lost::Closed);
+                        }
+                        Ok(_) => continue, // the peer may talk; nothing to do with it
+                        Err(e) => return Some(Lost::Broken(e)),
+                    },
+                    () = tokio::time::sleep(ACK_POLL), if waiting => {
+                        self.confirm(&s, unconfirmed, metrics);
+                        continue;
+                    }
+                    d = input.recv(), if !closed => d,
+                    () = std::future::ready(()), if closed && !waiting => {
+                        let _ = s.conn.shutdown().await;
+                        return None;
+                    }
+                }
+            };
+            let Some(delivery) = next else {
+                closed = true;
+                continue;
+            };
+            let started = Instant::now();
+            if let Err(e) = write_lines(&mut s.conn, &delivery).await {
+                resend.push_front(delivery);
+                return Some(Lost::Broken(e));
+            }
+            metrics
+                .send_duration
+                .observe(started.elapsed().as_secs_f64());
+            let end = s.written.load(Ordering::Acquire);
+            unconfirmed.push_back(Written {
+                end,
+                at: Instant::now(),
+                delivery,
+            });
+        }
+    }
+
+    /// Counts as delivered (and releases) the batches the peer has
+    /// acknowledged, or, where that cannot be read, those written more than
+    /// `resend_window_ms` ago.
+    fn confirm(&self, s: &Session, unconfirmed: &mut VecDeque<Written>, metrics: &SinkMetrics) {
+        let acked = unacked_bytes(s.local, s.peer)
+            .map(|q| s.written.load(Ordering::Acquire).saturating_sub(q));
+        let now = Instant::now();
+        while let Some(w) = unconfirmed.front() {
+            let done = match acked {
+                Some(a) => w.end <= a,
+                None => now >= w.at + self.window,
+            };
+            if !done {
+                break;
+            }
+            let d = unconfirmed.pop_front().expect("front exists").delivery;
+            metrics.events_sent.inc_by(d.batch.events.len() as u64);
+            metrics
+                .bytes_sent
+                .inc_by((d.batch.event_bytes() + d.batch.events.len()) as u64);
+        }
+    }
+}
+
+/// Writes the batch's events, each followed by a newline, with vectored writes.
+async fn write_lines<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    delivery: &Delivery,
+) -> std::io::Result<()> {
+    const NEWLINE: &[u8] = b"\n";
+    const MAX_SLICES: usize = 512;
+    let events = &delivery.batch.events;
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_SLICES.min(events.len() * 2));
+    for group in events.chunks(MAX_SLICES / 2) {
+        slices.clear();
+        for e in group {
+            slices.push(IoSlice::new(&e.raw));
+            slices.push(IoSlice::new(NEWLINE));
+        }
+        let mut bufs: &mut [IoSlice<'_>] = &mut slices;
+        while !bufs.is_empty() {
+            let n = wr.write_vectored(bufs).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut bufs, n);
+        }
+    }
+    wr.flush().await
+}
+
+/// A TCP stream that counts the bytes written to the socket (below TLS).
+struct Counting {
+    inner: TcpStream,
+    written: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counting {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counting {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written.fetch_add(n as u64, Ordering::AcqRel);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written.fetch_add(n as u64, Ordering::AcqRel);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

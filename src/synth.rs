@@ -133,6 +133,58 @@ pub fn event_list(rng: &mut Rng, first: u64, n: usize, mix: &[SynthLevel]) -> Ve
     body.into_bytes()
 }
 
+/// A batch body whose auditIDs can be renumbered cheaply, so that a load
+/// generator sends unique auditIDs without generating events as it runs: the
+/// first eight hex digits of each auditID are a sequence number.
+#[derive(Debug, Clone)]
+pub struct Template {
+    body: Vec<u8>,
+    id_offsets: Vec<usize>,
+}
+
+impl Template {
+    /// A template of `n` events drawn from `mix`.
+    pub fn new(rng: &mut Rng, n: usize, mix: &[SynthLevel]) -> Self {
+        let body = event_list(rng, 0, n, mix);
+        let id_offsets = memchr::memmem::find_iter(&body, br#""auditID":""#)
+            .map(|i| i + 11)
+            .collect();
+        Self { body, id_offsets }
+    }
+
+    /// Events in the batch.
+    pub fn events(&self) -> usize {
+        self.id_offsets.len()
+    }
+
+    /// Bytes in the batch.
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Whether the batch is empty (never, for `n > 0`).
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    /// The body with the events numbered `first`, `first + 1`, ….
+    pub fn stamp(&self, first: u64) -> Vec<u8> {
+        let mut body = self.body.clone();
+        for (k, &at) in self.id_offsets.iter().enumerate() {
+            let hex = format!("{:08x}", (first + k as u64) & 0xffff_ffff);
+            body[at..at + 8].copy_from_slice(hex.as_bytes());
+        }
+        body
+    }
+}
+
+/// The sequence number in an auditID made by [`Template::stamp`]: its first
+/// eight hex digits.
+pub fn sequence_of(audit_id: &[u8]) -> Option<u64> {
+    let hex = std::str::from_utf8(audit_id.get(..8)?).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +205,23 @@ mod tests {
             event_list(&mut Rng::new(1), 0, 3, &[SynthLevel::Metadata]),
             event_list(&mut Rng::new(1), 0, 3, &[SynthLevel::Metadata])
         );
+    }
+
+    #[test]
+    fn stamped_templates_number_every_auditid() {
+        let t = Template::new(
+            &mut Rng::new(3),
+            5,
+            &[SynthLevel::Metadata, SynthLevel::Request],
+        );
+        let body = t.stamp(0x1234);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let items = v["items"].as_array().unwrap();
+        let seqs: Vec<u64> = items
+            .iter()
+            .map(|e| sequence_of(e["auditID"].as_str().unwrap().as_bytes()).unwrap())
+            .collect();
+        assert_eq!(seqs, [0x1234, 0x1235, 0x1236, 0x1237, 0x1238]);
+        assert_eq!(t.events(), 5);
     }
 }

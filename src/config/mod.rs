@@ -11,6 +11,7 @@
 //!
 //! `config/default.yaml` lists every key with its default.
 
+mod https;
 mod types;
 
 use std::path::{Path, PathBuf};

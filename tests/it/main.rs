@@ -7,3 +7,5 @@ mod cases;
 mod corpus;
 mod harness;
 mod http_edge;
+mod pki;
+mod tls;

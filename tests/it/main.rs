@@ -9,3 +9,4 @@ mod harness;
 mod http_edge;
 mod pki;
 mod tls;
+mod tls_rotation;

@@ -2,6 +2,7 @@
 //! real TCP, its stdout sink and `/metrics` read as a user would.
 #![allow(unreachable_pub)]
 
+mod bh16;
 mod binary;
 mod cases;
 mod corpus;

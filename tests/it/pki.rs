@@ -161,6 +161,9 @@ pub struct Client {
     pub identity: Option<Pair>,
     pub alpn: Vec<Vec<u8>>,
     pub tls12_only: bool,
+    /// The name the server certificate is checked against (a DNS name or an
+    /// IP address).
+    pub server_name: String,
 }
 
 impl Client {
@@ -170,6 +173,7 @@ impl Client {
             identity,
             alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             tls12_only: false,
+            server_name: "localhost".to_owned(),
         }
     }
 
@@ -211,7 +215,7 @@ impl Client {
     pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(addr).await?;
         TlsConnector::from(Arc::new(self.config()))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .connect(ServerName::try_from(self.server_name.clone()).unwrap(), tcp)
             .await
     }
 
@@ -294,7 +298,7 @@ impl Conn {
         body: &[u8],
         headers: &[(&str, &str)],
     ) -> Result<(u16, String), String> {
-        let req = request(body, headers);
+        let req = webhook_request(body, headers);
         let resp = match &mut self.send {
             Sender::H1(s) => {
                 s.ready().await.map_err(|e| chain(&e))?;
@@ -303,12 +307,12 @@ impl Conn {
             Sender::H2(s) => s.send_request(req).await,
         }
         .map_err(|e| chain(&e))?;
-        read(resp).await
+        answer(resp).await
     }
 }
 
 /// A webhook POST as the API server sends it.
-pub fn request(body: &[u8], headers: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
+pub fn webhook_request(body: &[u8], headers: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
     let mut b = http::Request::post("https://localhost/audit?timeout=30s")
         .header("content-type", "application/json")
         .header("accept", "application/json, */*");
@@ -319,7 +323,7 @@ pub fn request(body: &[u8], headers: &[(&str, &str)]) -> http::Request<Full<Byte
 }
 
 /// Status and body text of a response.
-pub async fn read(resp: http::Response<hyper::body::Incoming>) -> Result<(u16, String), String> {
+pub async fn answer(resp: http::Response<hyper::body::Incoming>) -> Result<(u16, String), String> {
     let status = resp.status().as_u16();
     let body = resp
         .into_body()
@@ -354,4 +358,88 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     text
+}
+
+/// The PKI of case BH-16, made with the `openssl` command exactly as its
+/// expect.md says (RSA 2048 keys), in a temporary directory: `ca.crt`,
+/// `srv.crt`/`srv.key` (SANs `forwarder.demo.svc` and `IP:<ip>` when given),
+/// `cli.crt`/`cli.key` (CN kube-apiserver-audit, clientAuth), and
+/// `other-cli.crt`/`other-cli.key` from a different CA.
+pub struct OpensslPki {
+    pub dir: tempfile::TempDir,
+}
+
+impl OpensslPki {
+    pub fn new(server_ip: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |script: &str| {
+            let out = std::process::Command::new("sh")
+                .arg("-ec")
+                .arg(script)
+                .current_dir(dir.path())
+                .output()
+                .expect("sh runs");
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let san = match server_ip {
+            Some(ip) => format!("DNS:forwarder.demo.svc,IP:{ip}"),
+            None => "DNS:forwarder.demo.svc".to_owned(),
+        };
+        sh(&format!(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=demo-ca -keyout ca.key -out ca.crt
+             openssl req -newkey rsa:2048 -nodes -subj /CN=forwarder.demo.svc -keyout srv.key -out srv.csr
+             printf 'subjectAltName={san}\\n' > srv.ext
+             openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile srv.ext -out srv.crt
+             openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver-audit -keyout cli.key -out cli.csr
+             printf 'extendedKeyUsage=clientAuth\\n' > cli.ext
+             openssl x509 -req -in cli.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile cli.ext -out cli.crt
+             openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca -keyout other-ca.key -out other-ca.crt
+             openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver-audit -keyout other-cli.key -out other-cli.csr
+             openssl x509 -req -in other-cli.csr -CA other-ca.crt -CAkey other-ca.key -CAcreateserial -days 2 -extfile cli.ext -out other-cli.crt"
+        ));
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap()
+    }
+
+    pub fn pair(&self, name: &str) -> Pair {
+        Pair {
+            crt: self.text(&format!("{name}.crt")),
+            key: self.text(&format!("{name}.key")),
+        }
+    }
+
+    /// `cfg` with the HTTPS listener on 127.0.0.1:0 serving `srv`, client
+    /// certificates of `ca.crt` required.
+    pub fn config(&self, mut cfg: Config) -> Config {
+        let h = &mut cfg.source.https;
+        h.enabled = true;
+        h.address = "127.0.0.1:0".parse().unwrap();
+        h.crt_file = self.path("srv.crt");
+        h.key_file = self.path("srv.key");
+        h.client_ca_file = self.path("ca.crt");
+        h.client_auth = ClientAuth::Required;
+        cfg
+    }
+
+    /// A client trusting `ca.crt`, presenting `identity` (`cli`, `other-cli`).
+    pub fn client(&self, identity: Option<&str>) -> Client {
+        Client {
+            ca: self.text("ca.crt"),
+            identity: identity.map(|n| self.pair(n)),
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            tls12_only: false,
+            server_name: "forwarder.demo.svc".to_owned(),
+        }
+    }
 }

@@ -10,4 +10,5 @@ mod harness;
 mod http_edge;
 mod pki;
 mod tls;
+mod tls_interop;
 mod tls_rotation;

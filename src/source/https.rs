@@ -1,4 +1,4 @@
-//! The HTTPS listener: the shared [`server`](crate::server) loop with a TLS
+//! The HTTPS listener: the shared [`crate::server`] loop with a TLS
 //! handshake (bounded by `handshake_timeout_secs`) run in each connection's own
 //! task, then the same [`Handler`] as the plain listener behind a per-connection
 //! [`Gate`]. Failed handshakes are counted by bounded reason in

@@ -132,3 +132,74 @@ impl ResolvesClientCert for ReloadingClientCert {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(cn: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![cn.to_owned()]).unwrap();
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    fn write(dir: &Path, (crt, key): &(String, String)) {
+        std::fs::write(dir.join("tls.crt"), crt).unwrap();
+        std::fs::write(dir.join("tls.key"), key).unwrap();
+    }
+
+    fn leaf(cert: &ReloadingClientCert) -> Vec<u8> {
+        cert.resolve(&[], &[]).unwrap().cert[0].to_vec()
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn reload_takes_a_good_pair_and_refuses_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (pair("a.test"), pair("b.test"));
+        write(dir.path(), &a);
+        let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let cert = ReloadingClientCert::load(&crt, &key).unwrap();
+        assert_eq!(leaf(&cert), der(&a.0));
+        assert!(!cert.reload().unwrap());
+
+        write(dir.path(), &b);
+        assert!(cert.reload().unwrap());
+        assert_eq!(leaf(&cert), der(&b.0));
+
+        // A certificate with the other pair's key is refused, naming both files.
+        write(dir.path(), &(a.0.clone(), b.1.clone()));
+        let msg = cert.reload().unwrap_err().to_string();
+        assert!(msg.contains("tls.key") && msg.contains("tls.crt"), "{msg}");
+        assert_eq!(leaf(&cert), der(&b.0));
+
+        std::fs::remove_file(&key).unwrap();
+        let msg = cert.reload().unwrap_err().to_string();
+        assert!(msg.starts_with("failed to read key_file "), "{msg}");
+        assert_eq!(leaf(&cert), der(&b.0));
+    }
+
+    #[tokio::test]
+    async fn watch_follows_files_rewritten_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (pair("a.test"), pair("b.test"));
+        write(dir.path(), &a);
+        let cert =
+            ReloadingClientCert::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
+                .unwrap();
+        let _watch = cert.watch(Duration::from_secs(3600), |_| {}).unwrap();
+        write(dir.path(), &b);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while leaf(&cert) != der(&b.0) {
+            assert!(tokio::time::Instant::now() < deadline, "not reloaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

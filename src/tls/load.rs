@@ -198,3 +198,53 @@ fn leaf_facts(
         cert.raw_serial_as_string(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn an_ed25519_leaf_with_its_intermediate_loads() {
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        leaf.not_after = rcgen::date_time_ymd(2031, 1, 1);
+        let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+        let leaf_pem = leaf.signed_by(&key, &issuer).unwrap().pem();
+        let dir = tempfile::tempdir().unwrap();
+        let crt = write(dir.path(), "tls.crt", &format!("{leaf_pem}{ca_pem}"));
+        let key = write(dir.path(), "tls.key", &key.serialize_pem());
+        let id = Identity::load(&crt, &key).unwrap();
+        assert_eq!(id.chain.len(), 2);
+        assert_eq!(id.not_after, 1_924_992_000);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("tls.crt");
+        let key = write(dir.path(), "tls.key", "");
+        let msg = Identity::load(&missing, &key).unwrap_err().to_string();
+        assert!(
+            msg.starts_with(&format!("failed to read crt_file {}: ", missing.display())),
+            "{msg}"
+        );
+        let not_pem = write(dir.path(), "ca.crt", "hello\n");
+        let msg = CaBundle::load("client_ca_file", &not_pem)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with(&format!("invalid client_ca_file {}: ", not_pem.display())),
+            "{msg}"
+        );
+    }
+}

@@ -340,3 +340,40 @@ async fn only_https_can_be_enabled_and_a_missing_key_file_is_named_at_start() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn header_limits_apply_over_tls() {
+    let p = pki();
+    let mut cfg = https_config(config(), &p.secret);
+    cfg.source.http.header_read_timeout_secs = 1;
+    let fwd = Forwarder::start(cfg).await;
+    let addr = fwd.https_addr.unwrap();
+    let me = Client::new(&p.ca, Some(p.ca.client("kube-apiserver-audit", None))).http1();
+
+    // Headers over 64 KiB: 431.
+    let mut tls = me.connect(addr).await.unwrap();
+    let big = format!(
+        "POST /audit HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\n{{}}",
+        "a".repeat(70 << 10)
+    );
+    tls.write_all(big.as_bytes()).await.unwrap();
+    let resp = read_response(&mut tls).await;
+    assert_eq!(resp.status, 431);
+
+    // Headers that never finish: the connection is closed, no answer.
+    let mut tls = me.connect(addr).await.unwrap();
+    tls.write_all(b"POST /audit HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut got))
+        .await
+        .expect("the server closed the connection");
+    assert!(
+        !got.starts_with(b"HTTP/1.1 2"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(fwd.out.text(), "");
+    fwd.stop().await;
+}

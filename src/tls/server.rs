@@ -37,6 +37,8 @@ pub struct ServerTls {
 /// What is in use.
 struct Loaded {
     fingerprint: Vec<u8>,
+    /// The contents last refused, not tried (nor logged) again until they change.
+    refused: Vec<u8>,
     /// `(label, notAfter in Unix seconds)` of the serving leaf and the CA file.
     expiries: Vec<(&'static str, i64)>,
 }
@@ -56,6 +58,7 @@ impl ServerTls {
             current: ArcSwap::from_pointee(config),
             loaded: Mutex::new(Loaded {
                 fingerprint,
+                refused: Vec::new(),
                 expiries,
             }),
             metrics,
@@ -84,7 +87,8 @@ impl ServerTls {
     }
 
     /// Reads the files again and, if they changed and load, uses them for new
-    /// handshakes. Counts the outcome in
+    /// handshakes; `Ok(false)` when they are the set in use or the set last
+    /// refused. Counts the outcome in
     /// `audit_forwarder_tls_reloads_total{result}` and logs it.
     ///
     /// # Errors
@@ -105,13 +109,19 @@ impl ServerTls {
 
     fn try_reload(&self) -> Result<bool, TlsError> {
         let fingerprint = fingerprint(&self.cfg)?;
-        if self.loaded.lock().expect("not poisoned").fingerprint == fingerprint {
-            return Ok(false);
+        {
+            let loaded = self.loaded.lock().expect("not poisoned");
+            if loaded.fingerprint == fingerprint || loaded.refused == fingerprint {
+                return Ok(false);
+            }
         }
-        let (config, expiries, serial) = build(&self.cfg)?;
+        let (config, expiries, serial) = build(&self.cfg).inspect_err(|_| {
+            self.loaded.lock().expect("not poisoned").refused = fingerprint.clone();
+        })?;
         self.current.store(Arc::new(config));
         *self.loaded.lock().expect("not poisoned") = Loaded {
             fingerprint,
+            refused: Vec::new(),
             expiries,
         };
         self.publish();

@@ -12,15 +12,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, Readiness};
-use crate::config::{Config, HttpSourceConfig, SinkConfig, is_set};
+use crate::config::{Config, SinkConfig};
 use crate::metrics::{Metrics, TlsMetrics};
 use crate::pipeline::{Pipeline, QueueSpec};
 use crate::server::{self, ServeOptions};
 use crate::sink::{BoxWriter, Sink, StdoutSink};
 use crate::source::Handler;
-use crate::source::auth::{Gate, TokenFile};
-use crate::source::https;
-use crate::tls::watch;
+use crate::source::{https, plain};
 
 /// A forwarder ready to start.
 pub struct App {
@@ -161,7 +159,7 @@ impl App {
             false => (None, None),
         };
         let plain = match listener {
-            Some(listener) => Some(serve_plain(
+            Some(listener) => Some(plain::start(
                 listener,
                 http_cfg,
                 opts,
@@ -218,41 +216,6 @@ impl App {
             deadline: Duration::from_secs(self.config.shutdown.deadline_secs),
         })
     }
-}
-
-/// Serves the plain listener, behind the bearer token when one is configured
-/// (its file watched and reloaded).
-fn serve_plain(
-    listener: tokio::net::TcpListener,
-    cfg: &HttpSourceConfig,
-    opts: ServeOptions,
-    handler: Arc<Handler>,
-    open: prometheus::IntGauge,
-    draining: CancellationToken,
-) -> anyhow::Result<JoinHandle<()>> {
-    let token = match is_set(&cfg.bearer_token_file) {
-        true => Some(Arc::new(TokenFile::load(
-            "bearer_token_file",
-            &cfg.bearer_token_file,
-        )?)),
-        false => None,
-    };
-    let watcher = match &token {
-        Some(t) => {
-            let t = t.clone();
-            Some(watch::watch(
-                &[t.path().to_owned()],
-                Duration::from_secs(60),
-                move |_| https::token_reload(&t),
-            )?)
-        }
-        None => None,
-    };
-    let gate = Arc::new(Gate::new(handler, token.clone(), token.is_none()));
-    Ok(tokio::spawn(async move {
-        server::serve(listener, "http", opts, gate, open, draining).await;
-        drop(watcher);
-    }))
 }
 
 impl Running {

@@ -5,6 +5,7 @@ pub mod body;
 pub mod error;
 pub mod handler;
 pub mod https;
+pub mod plain;
 
 pub use error::RequestError;
 pub use handler::Handler;

@@ -39,6 +39,19 @@ impl TokenFile {
         })
     }
 
+    /// The token of `bearer_token_file` at `path`, or `None` when the key is
+    /// unset (empty).
+    ///
+    /// # Errors
+    ///
+    /// As [`TokenFile::load`].
+    pub fn from_config(path: &Path) -> Result<Option<Arc<Self>>, TlsError> {
+        match crate::config::is_set(path) {
+            true => Ok(Some(Arc::new(Self::load("bearer_token_file", path)?))),
+            false => Ok(None),
+        }
+    }
+
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path

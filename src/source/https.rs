@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Handler;
 use super::auth::{Gate, TokenFile};
-use crate::config::{ClientAuth, HttpsSourceConfig, is_set};
+use crate::config::{ClientAuth, HttpsSourceConfig};
 use crate::metrics::TlsMetrics;
 use crate::server::{self, Accept, ServeOptions};
 use crate::tls::ServerTls;
@@ -53,13 +53,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let tls = Arc::new(ServerTls::load(cfg, metrics.clone())?);
-    let token = match is_set(&cfg.bearer_token_file) {
-        true => Some(Arc::new(TokenFile::load(
-            "bearer_token_file",
-            &cfg.bearer_token_file,
-        )?)),
-        false => None,
-    };
+    let token = TokenFile::from_config(&cfg.bearer_token_file)?;
     let listener = server::bind(cfg.address, "webhook requests over HTTPS").await?;
     let addr = listener.local_addr()?;
     let watcher = watch_files(tls.clone(), token.clone())?;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::Handler;
 use super::auth::{Gate, TokenFile};
 use super::https::token_reload;
-use crate::config::{HttpSourceConfig, is_set};
+use crate::config::HttpSourceConfig;
 use crate::server::{self, ServeOptions};
 use crate::tls::watch;
 
@@ -30,13 +30,7 @@ pub fn start(
     open: prometheus::IntGauge,
     draining: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let token = match is_set(&cfg.bearer_token_file) {
-        true => Some(Arc::new(TokenFile::load(
-            "bearer_token_file",
-            &cfg.bearer_token_file,
-        )?)),
-        false => None,
-    };
+    let token = TokenFile::from_config(&cfg.bearer_token_file)?;
     let watcher = match &token {
         Some(t) => {
             let t = t.clone();

@@ -136,13 +136,26 @@ impl SecretDir {
 
 /// `cfg` with the HTTPS listener on 127.0.0.1:0 using `secret`'s files,
 /// client certificates required.
-pub fn https_config(mut cfg: Config, secret: &SecretDir) -> Config {
+pub fn https_config(cfg: Config, secret: &SecretDir) -> Config {
+    https_listener(
+        cfg,
+        [
+            secret.path("tls.crt"),
+            secret.path("tls.key"),
+            secret.path("ca.crt"),
+        ],
+    )
+}
+
+/// `cfg` with the HTTPS listener on 127.0.0.1:0 serving `crt` and `key`,
+/// client certificates of `ca` required.
+pub fn https_listener(mut cfg: Config, [crt, key, ca]: [PathBuf; 3]) -> Config {
     let h = &mut cfg.source.https;
     h.enabled = true;
     h.address = "127.0.0.1:0".parse().unwrap();
-    h.crt_file = secret.path("tls.crt");
-    h.key_file = secret.path("tls.key");
-    h.client_ca_file = secret.path("ca.crt");
+    h.crt_file = crt;
+    h.key_file = key;
+    h.client_ca_file = ca;
     h.client_auth = ClientAuth::Required;
     cfg
 }
@@ -421,15 +434,8 @@ impl OpensslPki {
 
     /// `cfg` with the HTTPS listener on 127.0.0.1:0 serving `srv`, client
     /// certificates of `ca.crt` required.
-    pub fn config(&self, mut cfg: Config) -> Config {
-        let h = &mut cfg.source.https;
-        h.enabled = true;
-        h.address = "127.0.0.1:0".parse().unwrap();
-        h.crt_file = self.path("srv.crt");
-        h.key_file = self.path("srv.key");
-        h.client_ca_file = self.path("ca.crt");
-        h.client_auth = ClientAuth::Required;
-        cfg
+    pub fn config(&self, cfg: Config) -> Config {
+        https_listener(cfg, ["srv.crt", "srv.key", "ca.crt"].map(|n| self.path(n)))
     }
 
     /// A client trusting `ca.crt`, presenting `identity` (`cli`, `other-cli`).

@@ -233,9 +233,15 @@ where
     let service = hyper::service::service_fn(move |req| {
         let h = handler.clone();
         let busy = tracked.begin();
+        let h2 = req.version() == http::Version::HTTP_2;
         async move {
-            let resp = h.call(req).await;
+            let mut resp = h.call(req).await;
             drop(busy);
+            if h2 {
+                // Connection-specific headers do not exist in HTTP/2 (RFC 9113
+                // §8.2.2); hyper would drop it with a warning.
+                resp.headers_mut().remove(http::header::CONNECTION);
+            }
             Ok::<_, Infallible>(resp)
         }
     });

@@ -66,7 +66,7 @@ where
             }
         })
         .map_err(|source| TlsError::Watch {
-            path: PathBuf::new(),
+            path: files.first().map(|f| parent(f)).unwrap_or_default(),
             source,
         })?;
     let files = files.to_vec();

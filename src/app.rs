@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, Readiness};
 use crate::config::{Config, SinkConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TlsMetrics};
 use crate::pipeline::{Pipeline, QueueSpec};
 use crate::server::{self, ServeOptions};
 use crate::sink::{BoxWriter, HttpSink, Sink, StdoutSink, TcpSink};
 use crate::source::Handler;
+use crate::source::{https, plain};
 
 /// A forwarder ready to start.
 pub struct App {
@@ -30,8 +31,11 @@ pub struct App {
 
 /// A running forwarder.
 pub struct Running {
-    /// Where the webhook listener is bound.
+    /// Where the plain webhook listener is bound; the unspecified address
+    /// `0.0.0.0:0` when `source.http.enabled` is false.
     pub http_addr: SocketAddr,
+    /// Where the HTTPS webhook listener is bound, if enabled.
+    pub https_addr: Option<SocketAddr>,
     /// Where the metrics listener is bound, if enabled.
     pub metrics_addr: Option<SocketAddr>,
     /// Its metrics.
@@ -95,8 +99,14 @@ impl App {
         let (pipeline, readers) = Pipeline::new(&specs, wait, &self.metrics);
         let pipeline = Arc::new(pipeline);
 
-        let listener = server::bind(http_cfg.address, "webhook requests").await?;
-        let http_addr = listener.local_addr()?;
+        let listener = match http_cfg.enabled {
+            true => Some(server::bind(http_cfg.address, "webhook requests").await?),
+            false => None,
+        };
+        let http_addr = match &listener {
+            Some(l) => l.local_addr()?,
+            None => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
         let admin_listener = match cfg.metrics.enabled {
             true => Some(server::bind(cfg.metrics.address, "metrics").await?),
             false => None,
@@ -131,11 +141,7 @@ impl App {
         let draining = CancellationToken::new();
         let stop_admin = CancellationToken::new();
         let ready = Readiness::default();
-        let opts = ServeOptions {
-            max_connections: http_cfg.max_connections,
-            header_read_timeout: Duration::from_secs(http_cfg.header_read_timeout_secs),
-            max_header_bytes: http_cfg.max_header_bytes,
-        };
+        let opts = ServeOptions::from_http(http_cfg);
         let handler = Arc::new(Handler::new(
             http_cfg,
             cfg.decode.max_event_bytes,
@@ -144,15 +150,39 @@ impl App {
             self.metrics.clone(),
             draining.clone(),
         ));
-        let open = self.metrics.open_connections("http");
-        let source = tokio::spawn(server::serve(
-            listener,
-            "http",
-            opts,
-            handler,
-            open,
-            draining.clone(),
-        ));
+        let (https_addr, https) = match cfg.source.https.enabled {
+            true => {
+                let tls_metrics = TlsMetrics::register(self.metrics.registry());
+                let open = self.metrics.open_connections(https::LISTENER);
+                let (addr, task) = https::start(
+                    &cfg.source.https,
+                    opts,
+                    handler.clone(),
+                    tls_metrics,
+                    open,
+                    draining.clone(),
+                )
+                .await?;
+                (Some(addr), Some(task))
+            }
+            false => (None, None),
+        };
+        let plain = match listener {
+            Some(listener) => Some(plain::start(
+                listener,
+                http_cfg,
+                opts,
+                handler,
+                self.metrics.open_connections("http"),
+                draining.clone(),
+            )?),
+            None => None,
+        };
+        let source = tokio::spawn(async move {
+            for task in [plain, https].into_iter().flatten() {
+                let _ = task.await;
+            }
+        });
         let admin = admin_listener.map(|l| {
             let admin_opts = ServeOptions {
                 max_connections: 64,
@@ -169,13 +199,19 @@ impl App {
                 stop_admin.clone(),
             ))
         });
-        tracing::info!(address = %http_addr, "webhook listener ready");
+        if http_cfg.enabled {
+            tracing::info!(address = %http_addr, "webhook listener ready");
+        }
+        if let Some(addr) = https_addr {
+            tracing::info!(address = %addr, "HTTPS webhook listener ready");
+        }
         if let Some(addr) = metrics_addr {
             tracing::info!(address = %addr, "metrics listener ready");
         }
         ready.set(true);
         Ok(Running {
             http_addr,
+            https_addr,
             metrics_addr,
             metrics: self.metrics,
             shutdown,

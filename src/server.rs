@@ -1,15 +1,16 @@
-//! The HTTP server loop shared by the webhook listener and the metrics
-//! listener: accept with a connection limit, serve each connection with hyper
-//! (HTTP/1.1 with keep-alive; HTTP/2 by prior knowledge), and on shutdown stop
-//! accepting and let in-flight requests finish (`hyper_util::server::graceful`).
-//!
-//! [`serve_connection`] takes any byte stream, so a TLS listener hands it its
-//! decrypted streams the same way.
+//! The HTTP server loop shared by the webhook listeners and the metrics
+//! listener: accept with a connection limit, turn each TCP stream into the
+//! stream to serve in the connection's own task (a TLS handshake, say, so that
+//! a slow client holds up nobody else), serve it with hyper (HTTP/1.1 with
+//! keep-alive; HTTP/2 by prior knowledge or ALPN), close connections that stay
+//! idle, and on shutdown stop accepting and let in-flight requests finish
+//! (HTTP/2 GOAWAY, RFC 9113 §6.8).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,22 +19,54 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::HttpSourceConfig;
 
 /// Connection limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
     /// Most connections open at once; more wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Time a client has to send the request headers (HTTP/1.1).
+    /// Time a client has to send the request headers (HTTP/1.1); an idle
+    /// keep-alive connection is closed after it too.
     pub header_read_timeout: Duration,
     /// Largest request head in bytes (HTTP/1.1) and header list (HTTP/2).
     pub max_header_bytes: usize,
+    /// Time a connection may stay open with no request in flight; `None`
+    /// keeps it open.
+    pub idle_timeout: Option<Duration>,
+    /// Most HTTP/2 streams in flight on one connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`, RFC 9113 §6.5.2).
+    pub http2_max_concurrent_streams: u32,
+    /// Interval of HTTP/2 keep-alive PINGs (RFC 9113 §6.7); `None` sends none.
+    pub http2_keep_alive_interval: Option<Duration>,
+    /// Time to wait for a PING's answer before closing the connection.
+    pub http2_keep_alive_timeout: Duration,
+}
+
+impl ServeOptions {
+    /// The options `source.http` gives (both webhook listeners use them).
+    pub fn from_http(cfg: &HttpSourceConfig) -> Self {
+        Self {
+            max_connections: cfg.max_connections,
+            header_read_timeout: Duration::from_secs(cfg.header_read_timeout_secs),
+            max_header_bytes: cfg.max_header_bytes,
+            idle_timeout: Some(Duration::from_secs(cfg.idle_timeout_secs)),
+            http2_max_concurrent_streams: cfg.http2_max_concurrent_streams,
+            http2_keep_alive_interval: match cfg.http2_keep_alive_interval_secs {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            http2_keep_alive_timeout: Duration::from_secs(cfg.http2_keep_alive_timeout_secs),
+        }
+    }
 }
 
 /// A request handler: any async function from request to response.
@@ -45,9 +78,35 @@ pub trait Handle: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
 }
 
-/// Serves `listener` until `shutdown` is cancelled, then stops accepting and
-/// returns once every open connection has finished its in-flight requests.
-/// `open` counts the open connections.
+/// Turns an accepted TCP connection into the stream to serve and its handler,
+/// in the connection's own task; `None` drops the connection.
+pub trait Accept: Send + Sync + 'static {
+    /// The stream served (TCP itself, or TLS over it).
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The handler of this connection's requests.
+    type Handler: Handle;
+    /// Prepares one connection.
+    fn accept(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Option<(Self::Io, Arc<Self::Handler>)>> + Send;
+}
+
+/// Plain TCP: every connection served as it is, by the same handler.
+pub struct Plain<H>(pub Arc<H>);
+
+impl<H: Handle> Accept for Plain<H> {
+    type Io = TcpStream;
+    type Handler = H;
+
+    async fn accept(self: Arc<Self>, tcp: TcpStream, _: SocketAddr) -> Option<(TcpStream, Arc<H>)> {
+        Some((tcp, self.0.clone()))
+    }
+}
+
+/// Serves `listener` over plain TCP until `shutdown` is cancelled; see
+/// [`serve_with`].
 pub async fn serve<H: Handle>(
     listener: TcpListener,
     name: &'static str,
@@ -56,9 +115,32 @@ pub async fn serve<H: Handle>(
     open: IntGauge,
     shutdown: CancellationToken,
 ) {
+    serve_with(
+        listener,
+        name,
+        opts,
+        Arc::new(Plain(handler)),
+        open,
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves `listener` until `shutdown` is cancelled, then stops accepting and
+/// returns once every open connection has finished its in-flight requests.
+/// Each connection is prepared by `acceptor` in its own task. `open` counts
+/// the open connections (those being prepared included).
+pub async fn serve_with<A: Accept>(
+    listener: TcpListener,
+    name: &'static str,
+    opts: ServeOptions,
+    acceptor: Arc<A>,
+    open: IntGauge,
+    shutdown: CancellationToken,
+) {
     let builder = Arc::new(builder(&opts));
     let limit = Arc::new(Semaphore::new(opts.max_connections));
-    let graceful = GracefulShutdown::new();
+    let tasks = TaskTracker::new();
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
@@ -77,24 +159,37 @@ pub async fn serve<H: Handle>(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = serve_connection(&builder, stream, handler.clone(), &graceful);
-        let open = open.clone();
+        let (builder, acceptor, open, shutdown) = (
+            builder.clone(),
+            acceptor.clone(),
+            open.clone(),
+            shutdown.clone(),
+        );
         open.inc();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+        tasks.spawn(async move {
+            let prepared = tokio::select! {
+                p = acceptor.accept(stream, peer) => p,
+                () = shutdown.cancelled() => None,
+            };
+            if let Some((io, handler)) = prepared {
+                let served =
+                    serve_connection(&builder, io, handler, opts.idle_timeout, &shutdown).await;
+                if let Err(e) = served {
+                    tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                }
             }
             open.dec();
             drop(permit);
         });
     }
     drop(listener);
+    tasks.close();
     tracing::info!(
         listener = name,
-        open = graceful.count(),
+        open = tasks.len(),
         "stopped accepting; finishing in-flight requests"
     );
-    graceful.shutdown().await;
+    tasks.wait().await;
 }
 
 /// The hyper connection builder for `opts`.
@@ -107,31 +202,105 @@ pub fn builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(opts.max_header_bytes as u32);
+        .max_header_list_size(opts.max_header_bytes as u32)
+        .max_concurrent_streams(opts.http2_max_concurrent_streams)
+        .keep_alive_interval(opts.http2_keep_alive_interval)
+        .keep_alive_timeout(opts.http2_keep_alive_timeout);
     b
 }
 
-/// Serves one connection over any byte stream (plain TCP or TLS), under
-/// `graceful`'s watch. The future ends when the connection closes.
-pub fn serve_connection<I, H>(
+/// Serves one connection over any byte stream (plain TCP or TLS) until it
+/// closes. When `shutdown` is cancelled, or no request has been in flight for
+/// `idle_timeout`, the connection is shut down gracefully: requests in flight
+/// finish, HTTP/2 gets a GOAWAY.
+///
+/// # Errors
+///
+/// hyper's error when the connection fails (a client going away mid-request).
+pub async fn serve_connection<I, H>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     handler: Arc<H>,
-    graceful: &GracefulShutdown,
-) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+    idle_timeout: Option<Duration>,
+    shutdown: &CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handle,
 {
+    let activity = Arc::new(Activity::new());
+    let tracked = activity.clone();
     let service = hyper::service::service_fn(move |req| {
         let h = handler.clone();
-        async move { Ok::<_, Infallible>(h.call(req).await) }
+        let busy = tracked.begin();
+        let h2 = req.version() == http::Version::HTTP_2;
+        async move {
+            let mut resp = h.call(req).await;
+            drop(busy);
+            if h2 {
+                // Connection-specific headers do not exist in HTTP/2 (RFC 9113
+                // §8.2.2); hyper would drop it with a warning.
+                resp.headers_mut().remove(http::header::CONNECTION);
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
-    graceful.watch(
-        builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned(),
-    )
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        () = shutdown.cancelled() => {}
+        () = activity.idle(idle_timeout) => tracing::debug!("closing an idle connection"),
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    last_done: Mutex<Instant>,
+}
+
+/// One request in flight; its drop marks the end.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.last_done.lock().expect("not poisoned") = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last_done: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Resolves once no request has been in flight for `timeout`.
+    async fn idle(&self, timeout: Option<Duration>) {
+        let Some(timeout) = timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let deadline = *self.last_done.lock().expect("not poisoned") + timeout;
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(timeout).await;
+            } else if Instant::now() >= deadline {
+                return;
+            } else {
+                tokio::time::sleep_until(deadline).await;
+            }
+        }
+    }
 }
 
 /// Binds `address`, naming it in the error.

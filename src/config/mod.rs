@@ -12,6 +12,7 @@
 //! `config/default.yaml` lists every key with its default.
 
 mod sinks;
+mod https;
 mod types;
 
 use std::path::{Path, PathBuf};

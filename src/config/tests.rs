@@ -133,3 +133,44 @@ fn retry_status_patterns() {
     assert!(StatusPattern::parse("429").unwrap().matches(429));
     assert!(StatusPattern::parse("42").is_none());
 }
+
+#[test]
+fn half_a_tls_identity_names_the_missing_key() {
+    let f = file(
+        "source:\n  https:\n    enabled: true\n    crt_file: /c/tls.crt\n    client_auth: none\n",
+    );
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(msg.contains("source.https.key_file"), "{msg}");
+    let f = file(
+        "source:\n  https:\n    enabled: true\n    key_file: /c/tls.key\n    client_auth: none\n",
+    );
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(msg.contains("source.https.crt_file"), "{msg}");
+}
+
+#[test]
+fn client_certificates_need_a_client_ca() {
+    let f = file(
+        "source:\n  https:\n    enabled: true\n    crt_file: /c/tls.crt\n    key_file: /c/tls.key\n",
+    );
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(msg.contains("source.https.client_ca_file"), "{msg}");
+    let f = file(
+        "source:\n  https:\n    enabled: true\n    crt_file: /c/tls.crt\n    key_file: /c/tls.key\n    client_auth: none\n    allowed_client_names: [kube-apiserver]\n",
+    );
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(msg.contains("source.https.allowed_client_names"), "{msg}");
+}
+
+#[test]
+fn at_least_one_listener_is_enabled() {
+    let f = file("source:\n  http:\n    enabled: false\n");
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(msg.contains("source.http.enabled"), "{msg}");
+    let f = file(
+        "source:\n  http:\n    enabled: false\n  https:\n    enabled: true\n    crt_file: /c/tls.crt\n    key_file: /c/tls.key\n    client_ca_file: /c/ca.crt\n    client_auth: required\n    allowed_client_names: [kube-apiserver-audit]\n",
+    );
+    let c = load(Some(f.path()), no_env()).unwrap();
+    assert!(!c.source.http.enabled && c.source.https.enabled);
+    assert_eq!(c.source.https.client_auth, ClientAuth::Required);
+}

@@ -2,10 +2,13 @@
 //! snake_case nouns with their unit in the name.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use super::{HttpSinkConfig, TcpSinkConfig};
+pub use super::https::{ClientAuth, HttpsSourceConfig, is_set};
+
 use crate::pipeline::WhenFull;
 
 const MIB: u64 = 1 << 20;
@@ -48,8 +51,10 @@ impl Default for Config {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
-    /// The plain HTTP listener.
+    /// The plain HTTP listener; its request limits apply to both listeners.
     pub http: HttpSourceConfig,
+    /// The HTTPS listener.
+    pub https: HttpsSourceConfig,
 }
 
 /// The plain HTTP/1.1 listener for the API server's webhook.
@@ -76,6 +81,19 @@ pub struct HttpSourceConfig {
     pub max_header_bytes: usize,
     /// Most client connections open at once; more wait to be accepted.
     pub max_connections: usize,
+    /// File holding a bearer token (RFC 6750) that every request on the plain
+    /// listener must carry in `Authorization`; 401 otherwise. Empty means unset.
+    pub bearer_token_file: PathBuf,
+    /// Seconds a connection may stay open with no request in flight (HTTP/2;
+    /// an idle HTTP/1.1 connection is closed after `header_read_timeout_secs`).
+    pub idle_timeout_secs: u64,
+    /// Most HTTP/2 streams (requests) in flight on one connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Seconds between HTTP/2 PINGs on a connection, to notice a dead peer;
+    /// 0 sends none.
+    pub http2_keep_alive_interval_secs: u64,
+    /// Seconds to wait for a PING's answer before closing the connection.
+    pub http2_keep_alive_timeout_secs: u64,
 }
 
 impl Default for HttpSourceConfig {
@@ -90,6 +108,11 @@ impl Default for HttpSourceConfig {
             body_read_timeout_secs: 30,
             max_header_bytes: 64 << 10,
             max_connections: 1024,
+            bearer_token_file: PathBuf::new(),
+            idle_timeout_secs: 120,
+            http2_max_concurrent_streams: 100,
+            http2_keep_alive_interval_secs: 30,
+            http2_keep_alive_timeout_secs: 20,
         }
     }
 }
@@ -313,9 +336,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: &str, msg: &str| Err((key.to_owned(), msg.to_owned()));
         let http = &self.source.http;
-        if !http.enabled {
-            return err("source.http.enabled", "no source is enabled");
+        if !http.enabled && !self.source.https.enabled {
+            return err(
+                "source.http.enabled",
+                "no source is enabled; enable source.http or source.https",
+            );
         }
+        self.source.https.validate()?;
         if http.max_body_bytes == 0 || http.max_body_bytes > u64::from(u32::MAX) {
             return err("source.http.max_body_bytes", "must be from 1 to 4294967295");
         }
@@ -344,6 +371,18 @@ impl Config {
             ),
             ("source.http.max_header_bytes", http.max_header_bytes),
             ("source.http.max_connections", http.max_connections),
+            (
+                "source.http.idle_timeout_secs",
+                http.idle_timeout_secs as usize,
+            ),
+            (
+                "source.http.http2_max_concurrent_streams",
+                http.http2_max_concurrent_streams as usize,
+            ),
+            (
+                "source.http.http2_keep_alive_timeout_secs",
+                http.http2_keep_alive_timeout_secs as usize,
+            ),
             (
                 "shutdown.deadline_secs",
                 self.shutdown.deadline_secs as usize,

@@ -2,6 +2,9 @@
 //! [`prometheus::Registry`], recorded per request and per batch, never per event.
 
 pub mod names;
+pub mod tls;
+
+pub use tls::TlsMetrics;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,

@@ -49,3 +49,16 @@ pub const QUEUE_CAPACITY_BYTES: &str = "audit_forwarder_queue_capacity_bytes";
 pub const OPEN_CONNECTIONS: &str = "audit_forwarder_open_connections";
 /// Gauge `{version}`: always 1.
 pub const BUILD_INFO: &str = "audit_forwarder_build_info";
+/// Counter `{listener, reason}`: TLS handshakes that failed, by bounded reason:
+/// `no_client_cert`, `unknown_ca`, `not_allowed`, `bad_client_cert`,
+/// `peer_alert` (the client refused us), `protocol`, `timeout`, `closed`,
+/// `other`.
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "audit_forwarder_tls_handshake_errors_total";
+/// Gauge `{certificate}`: notAfter in seconds since the Unix epoch of the
+/// serving certificate's leaf (`serving`) and the earliest of the client CA
+/// file (`client_ca`).
+pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
+    "audit_forwarder_tls_certificate_expiry_timestamp_seconds";
+/// Counter `{result}`: reloads of changed certificate files, `success` or
+/// `failure` (the files in use stay).
+pub const TLS_RELOADS_TOTAL: &str = "audit_forwarder_tls_reloads_total";

@@ -15,6 +15,9 @@ pub enum RequestError {
     /// The forwarder is draining.
     #[error("the forwarder is shutting down")]
     ShuttingDown,
+    /// Neither a verified client certificate nor the bearer token.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
     /// Not a POST.
     #[error("method {0} is not allowed; the audit webhook uses POST")]
     MethodNotAllowed(http::Method),
@@ -67,6 +70,7 @@ impl RequestError {
             Self::ShuttingDown | Self::Refused(Refusal::Full { .. } | Refusal::Closed) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::UnsupportedEncoding(_) | Self::UnsupportedMediaType(_) => {
@@ -85,6 +89,7 @@ impl RequestError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::ShuttingDown | Self::Refused(Refusal::Closed) => "shutting_down",
+            Self::Unauthenticated(_) => "unauthenticated",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::NotFound(_) => "not_found",
             Self::UnsupportedEncoding(_) => "unsupported_encoding",
@@ -105,6 +110,7 @@ impl RequestError {
         matches!(
             self,
             Self::ShuttingDown
+                | Self::Unauthenticated(_)
                 | Self::MethodNotAllowed(_)
                 | Self::NotFound(_)
                 | Self::UnsupportedEncoding(_)

@@ -84,6 +84,15 @@ impl Handler {
         }
     }
 
+    /// Answers a request with `e` without looking at it, counted and logged
+    /// like any refusal.
+    pub fn refuse(&self, e: RequestError) -> Response<Full<Bytes>> {
+        self.log(&e);
+        self.metrics
+            .request(e.status().as_u16(), Some(e.reason()), 0.0);
+        e.into_response(self.retry_after_secs)
+    }
+
     async fn accept(&self, req: Request<Incoming>) -> Result<usize, RequestError> {
         if self.draining.is_cancelled() {
             return Err(RequestError::ShuttingDown);

@@ -1,8 +1,11 @@
 //! The HTTP source: receives the API server's webhook POSTs.
 
+pub mod auth;
 pub mod body;
 pub mod error;
 pub mod handler;
+pub mod https;
+pub mod plain;
 
 pub use error::RequestError;
 pub use handler::Handler;

@@ -47,6 +47,8 @@ pub fn stdout_queue(c: &mut Config) -> &mut QueueConfig {
 /// A forwarder running in this process.
 pub struct Forwarder {
     pub addr: SocketAddr,
+    /// The HTTPS listener, when enabled.
+    pub https_addr: Option<SocketAddr>,
     pub metrics_addr: SocketAddr,
     pub out: Output,
     token: CancellationToken,
@@ -95,9 +97,11 @@ impl Forwarder {
             .unwrap();
         let token = running.shutdown_token();
         let (addr, metrics_addr) = (running.http_addr, running.metrics_addr.unwrap());
+        let https_addr = running.https_addr;
         let task = tokio::spawn(running.wait());
         Self {
             addr,
+            https_addr,
             metrics_addr,
             out: Output { bytes, gate },
             token,

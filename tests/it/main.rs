@@ -3,6 +3,7 @@
 #![allow(unreachable_pub)]
 
 mod backends;
+mod bh16;
 mod binary;
 mod cases;
 mod corpus;
@@ -11,3 +12,6 @@ mod http_edge;
 mod interop;
 mod pki;
 mod sinks;
+mod tls;
+mod tls_interop;
+mod tls_rotation;

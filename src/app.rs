@@ -48,6 +48,8 @@ pub struct Running {
     source: JoinHandle<()>,
     admin: Option<JoinHandle<()>>,
     sinks: Vec<(String, JoinHandle<()>)>,
+    /// Keep the sinks' client certificates reloading while running.
+    _watchers: Vec<crate::tls::watch::FileWatcher>,
     deadline: Duration,
 }
 
@@ -116,6 +118,8 @@ impl App {
             .map(|l| l.local_addr())
             .transpose()?;
 
+        let tls_metrics = TlsMetrics::register(self.metrics.registry());
+        let mut watchers = Vec::new();
         let mut sinks = Vec::new();
         for (sink_cfg, reader) in cfg.sinks.iter().zip(readers) {
             let sink = match sink_cfg {
@@ -134,6 +138,9 @@ impl App {
                     Sink::Tcp(TcpSink::build(c).with_context(|| format!("sink {}", c.name))?)
                 }
             };
+            if let Some(tls) = sink.tls() {
+                watchers.extend(watch_sink_tls(sink_cfg.name(), tls, &tls_metrics)?);
+            }
             sinks.push((sink_cfg.name().to_owned(), tokio::spawn(sink.run(reader))));
         }
 
@@ -152,7 +159,7 @@ impl App {
         ));
         let (https_addr, https) = match cfg.source.https.enabled {
             true => {
-                let tls_metrics = TlsMetrics::register(self.metrics.registry());
+                let tls_metrics = tls_metrics.clone();
                 let open = self.metrics.open_connections(https::LISTENER);
                 let (addr, task) = https::start(
                     &cfg.source.https,
@@ -222,6 +229,7 @@ impl App {
             source,
             admin,
             sinks,
+            _watchers: watchers,
             deadline: Duration::from_secs(self.config.shutdown.deadline_secs),
         })
     }
@@ -276,4 +284,29 @@ impl Running {
             unfinished_sinks,
         }
     }
+}
+
+/// Publishes the expiry of a sink's client certificate and CA
+/// (`certificate="sink:<name>"` and `"sink:<name>:ca"`) and reloads the client
+/// certificate when its files change.
+fn watch_sink_tls(
+    name: &str,
+    tls: &crate::tls::OutboundTls,
+    metrics: &TlsMetrics,
+) -> anyhow::Result<Option<crate::tls::watch::FileWatcher>> {
+    if let Some(not_after) = tls.ca_not_after {
+        metrics.expiry(&format!("sink:{name}:ca"), not_after);
+    }
+    let Some(cert) = tls.identity() else {
+        return Ok(None);
+    };
+    let label = format!("sink:{name}");
+    metrics.expiry(&label, cert.not_after());
+    let (c, m) = (cert.clone(), metrics.clone());
+    let watcher = cert
+        .watch(Duration::from_secs(60), move |_| {
+            m.expiry(&label, c.not_after())
+        })
+        .with_context(|| format!("sink {name}"))?;
+    Ok(Some(watcher))
 }

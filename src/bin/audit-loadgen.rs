@@ -21,8 +21,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use kube_audit_forwarder::config::ClientTlsConfig;
-use kube_audit_forwarder::sink::tls;
 use kube_audit_forwarder::synth::{Rng, SynthLevel, Template};
+use kube_audit_forwarder::tls::OutboundTls;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 
@@ -159,7 +159,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let alpn: &[&[u8]] = if args.http2 { &[b"h2"] } else { &[b"http/1.1"] };
     let mut builder = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls::client_config(&tls_cfg, alpn)?)
+        .tls_backend_preconfigured(OutboundTls::load(&tls_cfg)?.client_config(alpn)?)
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(1024)

@@ -11,8 +11,8 @@
 //!
 //! `config/default.yaml` lists every key with its default.
 
-mod sinks;
 mod https;
+mod sinks;
 mod types;
 
 use std::path::{Path, PathBuf};

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{HttpSinkConfig, TcpSinkConfig};
 pub use super::https::{ClientAuth, HttpsSourceConfig, is_set};
+use super::{HttpSinkConfig, TcpSinkConfig};
 
 use crate::pipeline::WhenFull;
 

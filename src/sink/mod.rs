@@ -7,7 +7,6 @@ pub mod http;
 pub mod retry;
 pub mod stdout;
 pub mod tcp;
-pub mod tls;
 
 use tokio::io::AsyncWrite;
 
@@ -30,6 +29,16 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// The sink's TLS client settings, if it has any (for certificate
+    /// watching and expiry metrics).
+    pub fn tls(&self) -> Option<&crate::tls::OutboundTls> {
+        match self {
+            Self::Stdout(_) => None,
+            Self::Http(s) => s.tls(),
+            Self::Tcp(s) => s.tls(),
+        }
+    }
+
     /// Delivers every batch of `input` until the queue is closed and drained.
     pub async fn run(self, input: QueueReader) {
         match self {

@@ -34,10 +34,11 @@ use tokio_rustls::TlsConnector;
 
 use super::acked::unacked_bytes;
 use super::retry::Backoff;
-use super::tls;
 use crate::config::TcpSinkConfig;
 use crate::metrics::SinkMetrics;
 use crate::pipeline::{Delivery, QueueReader};
+use crate::tls::OutboundTls;
+use crate::tls::outbound::server_name;
 
 /// How often unacknowledged batches are checked.
 const ACK_POLL: Duration = Duration::from_millis(20);
@@ -50,7 +51,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Conn for T {}
 pub struct TcpSink {
     name: String,
     endpoint: String,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    tls: Option<(TlsConnector, ServerName<'static>, OutboundTls)>,
     connect_timeout: Duration,
     backoff: Backoff,
     window: Duration,
@@ -92,10 +93,11 @@ impl TcpSink {
                 .endpoint
                 .rsplit_once(':')
                 .map_or(cfg.endpoint.as_str(), |(h, _)| h);
-            let name = tls::server_name(host, cfg.tls.server_name.as_deref())
-                .map_err(anyhow::Error::msg)?;
-            let config = tls::client_config(&cfg.tls, &[])?;
-            Some((TlsConnector::from(Arc::new(config)), name))
+            let name =
+                server_name(host, cfg.tls.server_name.as_deref()).map_err(anyhow::Error::msg)?;
+            let outbound = OutboundTls::load(&cfg.tls)?;
+            let connector = TlsConnector::from(Arc::new(outbound.client_config(&[])?));
+            Some((connector, name, outbound))
         } else {
             None
         };
@@ -110,6 +112,11 @@ impl TcpSink {
             ),
             window: Duration::from_millis(cfg.resend_window_ms),
         })
+    }
+
+    /// Its TLS client settings, when `tls.enabled`.
+    pub fn tls(&self) -> Option<&OutboundTls> {
+        self.tls.as_ref().map(|(_, _, t)| t)
     }
 
     /// Delivers every batch of `input` until it is closed and drained.
@@ -189,7 +196,7 @@ impl TcpSink {
         };
         let conn: Box<dyn Conn> = match &self.tls {
             None => Box::new(counted),
-            Some((connector, name)) => Box::new(
+            Some((connector, name, _)) => Box::new(
                 tokio::time::timeout(
                     self.connect_timeout,
                     connector.connect(name.clone(), counted),

@@ -6,12 +6,15 @@
 //!   `h2` and `http/1.1`, client certificates with an allow-list), rebuilt when
 //!   its files change and swapped in for new handshakes only.
 //! - [`client`]: a client certificate that reloads itself, for outbound mTLS.
+//! - [`outbound`]: the sinks' rustls `ClientConfig` (roots, mTLS identity,
+//!   server-name override, optional hostname check).
 //! - [`watch`]: watches files the way Kubernetes updates secret volumes.
 //!
 //! The crypto provider is rustls' `ring` provider.
 
 pub mod client;
 pub mod load;
+pub mod outbound;
 pub mod server;
 mod verify;
 pub mod watch;
@@ -19,6 +22,7 @@ pub mod watch;
 use std::sync::Arc;
 
 pub use load::{CaBundle, Identity, TlsError};
+pub use outbound::OutboundTls;
 pub use server::ServerTls;
 
 /// The crypto provider every TLS configuration of the forwarder uses.

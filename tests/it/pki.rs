@@ -488,10 +488,16 @@ impl Pki {
         for c in CertificateDer::pem_file_iter(&self.ca).unwrap() {
             roots.add(c.unwrap()).unwrap();
         }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .unwrap();
-        let chain: Vec<_> = CertificateDer::pem_file_iter(&self.server_crt).unwrap().map(Result::unwrap).collect();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let chain: Vec<_> = CertificateDer::pem_file_iter(&self.server_crt)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         let key = PrivateKeyDer::from_pem_file(&self.server_key).unwrap();
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -500,6 +506,10 @@ impl Pki {
             .with_single_cert(chain, key)
             .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Full handshakes only, so every new connection shows the client's
+        // current certificate.
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 }

@@ -642,3 +642,65 @@ async fn tcp_sink_over_mtls() {
     assert_eq!(audit_ids(&got), ids(1..4));
     fwd.stop().await;
 }
+
+#[tokio::test]
+async fn sink_client_certificate_is_reloaded_without_restart_and_its_expiry_published() {
+    use crate::pki::Ca;
+    let pki = pki();
+    let backend = HttpBackend::start_tls(pki.acceptor()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::copy(&pki.client_crt, &crt).unwrap();
+    std::fs::copy(&pki.client_key, &key).unwrap();
+    let sink = HttpSinkConfig {
+        name: "mtls".into(),
+        tls: ClientTlsConfig {
+            ca_file: Some(pki.ca.clone()),
+            crt_file: Some(crt.clone()),
+            key_file: Some(key.clone()),
+            ..ClientTlsConfig::default()
+        },
+        ..http(&[format!("https://localhost:{}/", backend.addr.port())])
+    };
+    let fwd = Forwarder::start(with_sinks(vec![SinkConfig::Http(sink)])).await;
+    assert_eq!(fwd.post(&list(1..2)).await.status, 200);
+    wait_ids("first batch", || backend.audit_ids(), 1).await;
+    let m = fwd.metrics().await;
+    let expiry = |which: &str| {
+        format!(
+            r#"audit_forwarder_tls_certificate_expiry_timestamp_seconds{{certificate="{which}"}}"#
+        )
+    };
+    assert!(
+        m.get(&expiry("sink:mtls")) > 1.9e9,
+        "client certificate expiry published"
+    );
+    assert!(
+        m.get(&expiry("sink:mtls:ca")) > 1.9e9,
+        "CA expiry published"
+    );
+
+    // A certificate from a CA the backend does not trust: new handshakes fail.
+    let rogue = Ca::new("rogue-ca").client("kube-audit-forwarder", None);
+    std::fs::write(&key, &rogue.key).unwrap();
+    std::fs::write(&crt, &rogue.crt).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    backend.kill_connections();
+    assert_eq!(fwd.post(&list(2..3)).await.status, 200);
+    eventually("handshakes with the rogue certificate fail", || async {
+        fwd.metrics()
+            .await
+            .get(r#"audit_forwarder_retries_total{sink="mtls"}"#)
+            >= 2.0
+    })
+    .await;
+    assert_eq!(backend.audit_ids(), ids(1..2));
+    // The right certificate again: delivery resumes, nothing lost.
+    std::fs::copy(&pki.client_key, &key).unwrap();
+    std::fs::copy(&pki.client_crt, &crt).unwrap();
+    assert_eq!(
+        wait_ids("second batch", || backend.audit_ids(), 2).await,
+        ids(1..3)
+    );
+    fwd.stop().await;
+}

@@ -29,13 +29,13 @@ use endpoints::Endpoints;
 
 use super::deadletter::DeadLetter;
 use super::retry::Backoff;
-use super::tls;
 use crate::config::{
     BatchConfig, Compression, Encoding, HealthCheckConfig, HttpSinkConfig, HttpVersion,
     StatusPattern,
 };
 use crate::metrics::SinkMetrics;
 use crate::pipeline::{Delivery, QueueReader};
+use crate::tls::OutboundTls;
 
 /// Most bytes of a response body read (and thrown away) so that the connection
 /// can be reused.
@@ -55,6 +55,7 @@ pub struct HttpSink {
     dead_letter: Option<DeadLetter>,
     health: Option<HealthCheckConfig>,
     metrics: SinkMetrics,
+    tls: Option<OutboundTls>,
 }
 
 /// How one request ended, after its retries.
@@ -71,6 +72,7 @@ impl HttpSink {
     /// A message naming the key and file at fault.
     pub fn build(cfg: &HttpSinkConfig, metrics: SinkMetrics) -> anyhow::Result<Self> {
         use anyhow::Context;
+        let tls = OutboundTls::load(&cfg.tls)?;
         let mut urls = Vec::new();
         let mut clients = Vec::new();
         for raw in &cfg.endpoints {
@@ -98,7 +100,7 @@ impl HttpSink {
             };
             // Given for http:// too: reqwest would otherwise look for a
             // process-wide crypto provider.
-            builder = builder.tls_backend_preconfigured(tls::client_config(&cfg.tls, alpn)?);
+            builder = builder.tls_backend_preconfigured(tls.client_config(alpn)?);
             if url.scheme() == "https"
                 && let (Some(name), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) =
                     (&cfg.tls.server_name, url.host())
@@ -155,6 +157,7 @@ impl HttpSink {
                 value,
             );
         }
+        let urls_use_tls = urls.iter().any(|u| u.scheme() == "https");
         let checked = cfg.health_check.is_some();
         let eject = Duration::from_secs(cfg.eject_secs);
         let endpoints = Endpoints::new(
@@ -186,7 +189,13 @@ impl HttpSink {
             dead_letter: cfg.dead_letter_file.clone().map(DeadLetter::new),
             health: cfg.health_check.clone(),
             metrics,
+            tls: urls_use_tls.then_some(tls),
         })
+    }
+
+    /// Its TLS client settings, when an endpoint is `https://`.
+    pub fn tls(&self) -> Option<&OutboundTls> {
+        self.tls.as_ref()
     }
 
     /// Delivers every batch of `input` until it is closed and drained.

@@ -9,5 +9,7 @@ mod corpus;
 mod harness;
 mod http_edge;
 mod interop;
+mod monitoring;
 mod pki;
+mod prometheus;
 mod sinks;

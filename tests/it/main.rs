@@ -6,6 +6,7 @@ mod backends;
 mod binary;
 mod cases;
 mod corpus;
+mod deploy;
 mod harness;
 mod http_edge;
 mod interop;

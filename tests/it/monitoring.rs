@@ -7,16 +7,6 @@ use std::path::PathBuf;
 
 use crate::harness::*;
 
-/// Metrics of the HTTPS listener (issue 4, branch issue-4-tls), which the
-/// certificate-expiry alert and the TLS panels use. They are accepted here
-/// until that branch's `src/metrics/names.rs` is merged, which makes this list
-/// redundant (then delete it).
-const HTTPS_LISTENER_METRICS: &[&str] = &[
-    "audit_forwarder_tls_certificate_expiry_timestamp_seconds",
-    "audit_forwarder_tls_handshake_errors_total",
-    "audit_forwarder_tls_reloads_total",
-];
-
 const PREFIX: &str = "audit_forwarder_";
 
 fn monitoring_file(name: &str) -> PathBuf {
@@ -82,9 +72,7 @@ impl Exported {
                     .iter()
                     .find_map(|s| name.strip_suffix(s))
                     .filter(|base| self.histograms.contains(*base));
-                !self.names.contains(*name)
-                    && base.is_none()
-                    && !HTTPS_LISTENER_METRICS.contains(&name.as_str())
+                !self.names.contains(*name) && base.is_none()
             })
             .cloned()
             .collect()

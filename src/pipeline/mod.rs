@@ -141,19 +141,55 @@ impl Pipeline {
             return Ok(());
         }
         let batch = Arc::new(batch);
+        self.retry_until_deadline(batch.events.len(), || self.try_admit(&batch))
+            .await
+    }
+
+    /// Waits, up to the configured wait, until every `block` queue has room for
+    /// `bytes` more bytes and one more event. This is a cheap check made before
+    /// a request body is read, so that an overloaded forwarder answers 503 at
+    /// once instead of reading and decoding bodies it could not queue; the
+    /// batch itself is admitted by [`Pipeline::admit`].
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Full`] or [`Refusal::Closed`].
+    pub async fn wait_for_room(&self, bytes: usize) -> Result<(), Refusal> {
+        self.retry_until_deadline(0, || {
+            for q in self.blocking() {
+                let state = q.lock();
+                if Queue::is_closed(&state) {
+                    return Err(None);
+                }
+                if !q.has_room(&state, bytes) {
+                    return Err(Some(&q.name));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it succeeds, again each time a queue frees room,
+    /// until the configured wait has passed.
+    async fn retry_until_deadline<'a>(
+        &'a self,
+        events: usize,
+        attempt: impl Fn() -> Result<(), Option<&'a str>>,
+    ) -> Result<(), Refusal> {
         let deadline = Instant::now() + self.wait;
         loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_admit(&batch) {
+            match attempt() {
                 Ok(()) => return Ok(()),
                 Err(None) => return Err(Refusal::Closed),
                 Err(Some(full)) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return Err(Refusal::Full {
                             sink: full.to_owned(),
-                            events: batch.events.len(),
+                            events,
                             wait_ms: self.wait.as_millis() as u64,
                         });
                     }

@@ -83,6 +83,11 @@ impl Queue {
         batch.events.len() <= self.capacity_events && batch.retained_bytes() <= self.capacity_bytes
     }
 
+    /// Whether `bytes` more bytes and one more event fit now.
+    pub(crate) fn has_room(&self, state: &State, bytes: usize) -> bool {
+        state.events < self.capacity_events && state.bytes + bytes <= self.capacity_bytes
+    }
+
     pub(crate) fn fits(&self, state: &State, batch: &Batch) -> bool {
         state.events + batch.events.len() <= self.capacity_events
             && state.bytes + batch.retained_bytes() <= self.capacity_bytes

@@ -61,15 +61,18 @@ pub enum RequestError {
     /// The pipeline did not take the batch.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// The queues had no room before the body was read; it was left unread.
+    #[error("{0}; the request body was not read")]
+    Busy(Refusal),
 }
 
 impl RequestError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::ShuttingDown | Self::Refused(Refusal::Full { .. } | Refusal::Closed) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::ShuttingDown
+            | Self::Refused(Refusal::Full { .. } | Refusal::Closed)
+            | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -88,7 +91,10 @@ impl RequestError {
     /// Bounded label for `audit_forwarder_requests_rejected_total{reason}`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::ShuttingDown | Self::Refused(Refusal::Closed) => "shutting_down",
+            Self::ShuttingDown | Self::Refused(Refusal::Closed) | Self::Busy(Refusal::Closed) => {
+                "shutting_down"
+            }
+            Self::Busy(_) => "queue_full",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::NotFound(_) => "not_found",
@@ -118,6 +124,7 @@ impl RequestError {
                 | Self::BodyTooLarge { .. }
                 | Self::BodyTimeout(_)
                 | Self::BodyRead(_)
+                | Self::Busy(_)
         )
     }
 

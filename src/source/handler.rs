@@ -116,6 +116,13 @@ impl Handler {
                 limit: self.max_body_bytes,
             });
         }
+        if let Some(size) = declared {
+            // Refuse at once, before reading, what could not be queued.
+            self.pipeline
+                .wait_for_room(size as usize)
+                .await
+                .map_err(RequestError::Busy)?;
+        }
         let wire = body::read(
             req.into_body(),
             self.max_body_bytes,
@@ -173,7 +180,7 @@ impl Handler {
 
     fn log(&self, e: &RequestError) {
         match e {
-            RequestError::Refused(_) | RequestError::ShuttingDown => {
+            RequestError::Refused(_) | RequestError::Busy(_) | RequestError::ShuttingDown => {
                 if let Some(suppressed) = self.refusal_log.allow() {
                     tracing::warn!(error = %e, suppressed, "refusing webhook request with 503");
                 }

@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: HAProxy 2.6 against kube-audit-forwarder relaying the
+same API-server-like load to a counting discard backend.
+
+Modes, each run in turn (the order alternates between repeats):
+  direct       the load straight to the backend: the ceiling, no proxy
+  haproxy      HAProxy 2.6, mode http, relaying each batch (its own job)
+  passthrough  kube-audit-forwarder, http sink relaying each batch unchanged,
+               events counted
+  ndjson       kube-audit-forwarder, events split into JSON lines to the TCP
+               backend
+
+The proxy is pinned to core 0, the load generator and backend to core 1.
+Reported per run: throughput, latency (p50/p99/max), CPU seconds of the
+proxy's process (utime + stime from /proc) per GB relayed, peak RSS, and
+events lost or duplicated at the backend. Two more scenarios measure memory:
+steady load at the API server's default rate (10 batches/s of 400 mixed
+events) and a 10x overload against a stalled backend.
+
+Usage (from the repository root):  python3 benches/compare/run.py
+Writes benches/compare/results/results.json, prints the table, and draws
+results/compare.png with gnuplot when it is installed.
+"""
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HERE = pathlib.Path(__file__).resolve().parent
+REL = ROOT / "target" / "release"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process and its live children, in seconds."""
+    total = 0
+    pids = [pid] + [int(p) for p in os.listdir("/proc") if p.isdigit() and ppid(int(p)) == pid]
+    for p in pids:
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return total / TICK
+
+
+def ppid(pid):
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def peak_rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def http(url, data=None):
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"{}")
+
+
+class Backend:
+    def __init__(self):
+        self.proc = subprocess.Popen(["taskset", "-c", "1", str(REL / "audit-discard")], stdout=subprocess.PIPE, text=True)
+        addrs = json.loads(self.proc.stdout.readline())
+        self.http, self.tcp = addrs["http"], addrs["tcp"]
+
+    def reset(self):
+        http(f"http://{self.http}/reset", b"")
+
+    def stats(self):
+        return http(f"http://{self.http}/stats")
+
+    def control(self, what):
+        http(f"http://{self.http}/{what}", b"")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def forwarder_config(tmp, mode, port, mport, backend, queue_bytes=268435456):
+    if mode == "ndjson":
+        sink = f"""  - type: tcp
+    name: backend
+    endpoint: "{backend.tcp}"
+    queue:
+      capacity_bytes: {queue_bytes}
+"""
+    else:
+        sink = f"""  - type: http
+    name: backend
+    endpoints: ["http://{backend.http}/post"]
+    encoding: passthrough
+    connect_timeout_secs: 5
+    timeout_secs: 10
+    queue:
+      capacity_bytes: {queue_bytes}
+"""
+    path = tmp / f"{mode}.yaml"
+    max_body = min(queue_bytes, 67108864)
+    path.write_text(
+        f"""source:
+  http:
+    address: "127.0.0.1:{port}"
+    max_body_bytes: {max_body}
+    max_decoded_bytes: {max_body}
+metrics:
+  address: "127.0.0.1:{mport}"
+pipeline:
+  admission_wait_ms: 5
+log:
+  level: warn
+sinks:
+{sink}"""
+    )
+    return path
+
+
+def start_proxy(tmp, mode, backend, queue_bytes=268435456):
+    port = free_port()
+    if mode == "haproxy":
+        cfg = tmp / "haproxy.cfg"
+        text = (HERE / "haproxy.cfg.in").read_text().replace("@LISTEN@", f"127.0.0.1:{port}").replace("@BACKEND@", backend.http)
+        cfg.write_text(text)
+        cmd = ["haproxy", "-db", "-f", str(cfg)]
+    else:
+        cmd = [str(REL / "kube-audit-forwarder"), "--config", str(forwarder_config(tmp, mode, port, free_port(), backend, queue_bytes))]
+    proc = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+def stop_proxy(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def loadgen(tmp, port, args, load, first_seq, duration, mix):
+    out = tmp / "load.json"
+    cmd = ["taskset", "-c", "1", str(REL / "audit-loadgen"), "--url", f"http://127.0.0.1:{port}/post", "--mix", mix,
+           "--duration-secs", str(duration), "--first-seq", str(first_seq), "--json", str(out)] + load
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def wait_delivered(backend, expected, timeout=30):
+    end = time.time() + timeout
+    while True:
+        s = backend.stats()
+        if s["unique"] >= expected or time.time() > end:
+            return s
+        time.sleep(0.1)
+
+
+def one_run(tmp, backend, mode, conc, args, first_seq):
+    backend.reset()
+    proc, port = (None, int(backend.http.rsplit(":", 1)[1])) if mode == "direct" else start_proxy(tmp, mode, backend)
+    pid = proc.pid if proc else None
+    if pid:
+        # taskset execs the program in place, so the pid is the proxy's.
+        time.sleep(0.2)
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    load = loadgen(tmp, port, args, ["--concurrency", str(conc)], first_seq, args.duration, args.mix)
+    cpu1 = cpu_seconds(pid) if pid else 0.0
+    delivered = wait_delivered(backend, load["events_ok"])
+    rss = peak_rss_mib(pid) if pid else 0.0
+    if proc:
+        stop_proxy(proc)
+    gb = load["bytes_ok"] / 1e9
+    return {
+        "mode": mode,
+        "concurrency": conc,
+        "mb_per_sec": load["mb_per_sec"],
+        "events_per_sec": load["events_per_sec"],
+        "batches_per_sec": load["batches_per_sec"],
+        "p50_ms": load["latency_ms"]["p50"],
+        "p99_ms": load["latency_ms"]["p99"],
+        "max_ms": load["latency_ms"]["max"],
+        "gb": gb,
+        "cpu_s": cpu1 - cpu0,
+        "cpu_s_per_gb": (cpu1 - cpu0) / gb if gb and pid else None,
+        "peak_rss_mib": rss,
+        "events_ok": load["events_ok"],
+        "lost": load["events_ok"] - delivered["unique"],
+        "duplicates": delivered["duplicates"],
+        "statuses": load["statuses"],
+    }
+
+
+def steady_rss(tmp, backend, args):
+    """The API server's default rate (10 batches/s x 400 mixed events)."""
+    backend.reset()
+    proc, port = start_proxy(tmp, "ndjson", backend)
+    load = loadgen(tmp, port, args, ["--batches-per-sec", "10"], 0, args.steady_secs, "mixed")
+    rss = peak_rss_mib(proc.pid)
+    stop_proxy(proc)
+    return {"scenario": "steady 4,000 events/s mixed", "events_per_sec": load["events_per_sec"], "peak_rss_mib": rss,
+            "p99_ms": load["latency_ms"]["p99"], "statuses": load["statuses"]}
+
+
+def overload(tmp, backend, args):
+    """10x the API server's rate against a stalled backend, 64 MiB queue."""
+    backend.reset()
+    backend.control("stall")
+    queue = 64 << 20
+    proc, port = start_proxy(tmp, "passthrough", backend, queue_bytes=queue)
+    load = loadgen(tmp, port, args, ["--batches-per-sec", "100"], 0, args.overload_secs, "mixed")
+    rss = peak_rss_mib(proc.pid)
+    backend.control("unstall")
+    stop_proxy(proc)
+    return {"scenario": "10x overload, backend stalled, queue 64 MiB", "peak_rss_mib": rss,
+            "rss_bound_mib": queue / 2**20 + 32, "p99_ms": load["latency_ms"]["p99"],
+            "p50_ms": load["latency_ms"]["p50"], "statuses": load["statuses"]}
+
+
+def table(rows, base):
+    print(f"{'mode':12} {'conc':>4} {'MB/s':>8} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+          f"{'CPU-s/GB':>9} {'x HAProxy':>9} {'RSS MiB':>8} {'lost':>5} {'dups':>5}")
+    for r in rows:
+        b = base.get(r["concurrency"])
+        ratio = (r["cpu_s_per_gb"] / b) if (b and r["cpu_s_per_gb"]) else None
+        cpu = f"{r['cpu_s_per_gb']:.3f}" if r["cpu_s_per_gb"] else "-"
+        print(f"{r['mode']:12} {r['concurrency']:>4} {r['mb_per_sec']:>8.1f} {r['events_per_sec']:>10.0f} "
+              f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} {cpu:>9} "
+              f"{(f'{ratio:.2f}' if ratio else '-'):>9} {r['peak_rss_mib']:>8.1f} {r['lost']:>5} {r['duplicates']:>5}")
+
+
+def plot(rows, out):
+    if not shutil.which("gnuplot"):
+        print("gnuplot not installed: no plot (apt-get install gnuplot-nox)")
+        return
+    data = out.parent / "plot.dat"
+    with open(data, "w") as f:
+        for mode in ["direct", "haproxy", "passthrough", "ndjson"]:
+            f.write(f"# {mode}\n")
+            for r in rows:
+                if r["mode"] == mode:
+                    f.write(f"{r['concurrency']} {r['mb_per_sec']} {r['cpu_s_per_gb'] or 0}\n")
+            f.write("\n\n")
+    script = f"""set terminal pngcairo size 1100,450
+set output '{out}'
+set multiplot layout 1,2
+set logscale x 2
+set xlabel 'concurrency'
+set ylabel 'MB/s'
+set title 'Throughput'
+plot for [i=0:3] '{data}' index i using 1:2 with linespoints title word('direct haproxy passthrough ndjson', i+1)
+set ylabel 'CPU-s per GB'
+set title 'Proxy CPU per GB relayed'
+plot for [i=1:3] '{data}' index i using 1:3 with linespoints title word('direct haproxy passthrough ndjson', i+1)
+unset multiplot
+"""
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--duration", type=float, default=8)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--mix", default="metadata")
+    p.add_argument("--steady-secs", type=float, default=20)
+    p.add_argument("--overload-secs", type=float, default=10)
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--no-build", action="store_true")
+    args = p.parse_args()
+    if not shutil.which("haproxy"):
+        sys.exit("haproxy is not installed: apt-get install haproxy")
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT, check=True)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    backend = Backend()
+    rows = []
+    modes = ["direct", "haproxy", "passthrough", "ndjson"]
+    with tempfile.TemporaryDirectory() as t:
+        tmp = pathlib.Path(t)
+        for conc in [int(c) for c in args.concurrency.split(",")]:
+            for rep in range(args.repeats):
+                for mode in (modes if rep % 2 == 0 else modes[::-1]):
+                    r = one_run(tmp, backend, mode, conc, args, 0)
+                    print(f"  {mode} c={conc} run {rep + 1}: {r['mb_per_sec']:.0f} MB/s, "
+                          f"{r['cpu_s_per_gb'] or 0:.3f} CPU-s/GB, p99 {r['p99_ms']:.2f} ms", file=sys.stderr)
+                    rows.append(r)
+        scenarios = [steady_rss(tmp, backend, args), overload(tmp, backend, args)]
+    backend.stop()
+    # Median of the repeats per mode and concurrency.
+    merged = []
+    for conc in sorted({r["concurrency"] for r in rows}):
+        for mode in modes:
+            rs = sorted((r for r in rows if r["mode"] == mode and r["concurrency"] == conc), key=lambda r: r["mb_per_sec"])
+            if rs:
+                m = dict(rs[len(rs) // 2])
+                m["lost"] = sum(r["lost"] for r in rs)
+                m["duplicates"] = sum(r["duplicates"] for r in rs)
+                merged.append(m)
+    base = {r["concurrency"]: r["cpu_s_per_gb"] for r in merged if r["mode"] == "haproxy"}
+    machine = {"cpus": os.cpu_count(), "model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
+               "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]}
+    print(f"\n{machine['model']}, {machine['cpus']} cores; {machine['haproxy']}; mix {args.mix}, "
+          f"{args.duration:.0f} s per run, median of {args.repeats}\n")
+    table(merged, base)
+    print()
+    for s in scenarios:
+        print(json.dumps(s))
+    (out / "results.json").write_text(json.dumps({"machine": machine, "args": vars(args), "runs": rows, "median": merged,
+                                                  "scenarios": scenarios}, indent=2))
+    plot(merged, out / "compare.png")
+
+
+if __name__ == "__main__":
+    main()

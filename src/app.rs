@@ -124,10 +124,14 @@ impl App {
         for (sink_cfg, reader) in cfg.sinks.iter().zip(readers) {
             let sink = match sink_cfg {
                 SinkConfig::Stdout(_) => {
-                    let writer = self
-                        .stdout
-                        .take()
-                        .unwrap_or_else(|| Box::new(tokio::io::stdout()));
+                    let writer = self.stdout.take().map_or_else(
+                        || {
+                            crate::sink::fd::FdWriter::stdout()
+                                .map(|w| Box::new(w) as BoxWriter)
+                                .context("failed to open standard output")
+                        },
+                        Ok,
+                    )?;
                     Sink::Stdout(StdoutSink::new(writer))
                 }
                 SinkConfig::Http(c) => Sink::Http(Box::new(
@@ -262,18 +266,24 @@ impl Running {
         }
         self.pipeline.close();
         let mut unfinished_sinks = Vec::new();
+        let mut late = Vec::new();
         for (name, mut task) in self.sinks {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                task.abort();
                 unfinished_sinks.push(name);
+                late.push(task);
             }
         }
+        // Counted before the late sinks are stopped: stopping them gives their
+        // batches' room back, and the queues would look empty.
         let undelivered_events = self.pipeline.depth_events();
         if undelivered_events > 0 {
             tracing::error!(undelivered_events, sinks = ?unfinished_sinks, "shutdown deadline passed with events not delivered");
             self.pipeline.count_undelivered("shutdown");
         } else {
             tracing::info!("every queued event was delivered");
+        }
+        for task in late {
+            task.abort();
         }
         self.stop_admin.cancel();
         if let Some(admin) = self.admin {

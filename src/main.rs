@@ -89,7 +89,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     let report = running.wait().await;
     tracing::info!(undelivered_events = report.undelivered_events, "stopped");
-    Ok(())
+    // Exit now: a sink stuck in a blocking write (a stdout pipe nobody reads)
+    // must not keep the process alive past the deadline.
+    std::process::exit(0)
 }
 
 fn init_logs(config: &Config) {

@@ -173,7 +173,7 @@ pub async fn serve_with<A: Accept>(
             };
             if let Some((io, handler)) = prepared {
                 let served =
-                    serve_connection(&builder, io, handler, opts.idle_timeout, &shutdown).await;
+                    serve_connection(&builder, io, handler, &opts, &shutdown).await;
                 if let Err(e) = served {
                     tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
                 }
@@ -211,8 +211,10 @@ pub fn builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
 
 /// Serves one connection over any byte stream (plain TCP or TLS) until it
 /// closes. When `shutdown` is cancelled, or no request has been in flight for
-/// `idle_timeout`, the connection is shut down gracefully: requests in flight
-/// finish, HTTP/2 gets a GOAWAY.
+/// `opts.idle_timeout`, the connection is shut down gracefully: requests in
+/// flight finish, HTTP/2 gets a GOAWAY. A connection that has not begun a
+/// request within `opts.header_read_timeout` of being served is closed, so
+/// sockets that never send a byte cannot hold the connection limit.
 ///
 /// # Errors
 ///
@@ -221,7 +223,7 @@ pub async fn serve_connection<I, H>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     handler: Arc<H>,
-    idle_timeout: Option<Duration>,
+    opts: &ServeOptions,
     shutdown: &CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
@@ -250,7 +252,11 @@ where
     tokio::select! {
         r = conn.as_mut() => return r,
         () = shutdown.cancelled() => {}
-        () = activity.idle(idle_timeout) => tracing::debug!("closing an idle connection"),
+        () = activity.idle(opts.idle_timeout) => tracing::debug!("closing an idle connection"),
+        () = activity.no_request_within(opts.header_read_timeout) => {
+            tracing::debug!("closing a connection that sent no request");
+            return Ok(());
+        }
     }
     conn.as_mut().graceful_shutdown();
     conn.await
@@ -259,6 +265,7 @@ where
 /// Requests in flight on one connection, and when the last one ended.
 struct Activity {
     in_flight: AtomicUsize,
+    began_any: std::sync::atomic::AtomicBool,
     last_done: Mutex<Instant>,
 }
 
@@ -276,13 +283,23 @@ impl Activity {
     fn new() -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
+            began_any: std::sync::atomic::AtomicBool::new(false),
             last_done: Mutex::new(Instant::now()),
         }
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.began_any.store(true, Ordering::Release);
         Busy(self.clone())
+    }
+
+    /// Resolves if no request has begun `timeout` from now; otherwise never.
+    async fn no_request_within(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+        if self.began_any.load(Ordering::Acquire) {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Resolves once no request has been in flight for `timeout`.

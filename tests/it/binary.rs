@@ -21,12 +21,17 @@ struct Process {
 
 impl Process {
     fn start(args: &[&str]) -> Self {
+        Self::start_with(args, &[], Stdio::piped())
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
             .env("AUDIT_FORWARDER__SOURCE__HTTP__ADDRESS", "127.0.0.1:0")
             .env("AUDIT_FORWARDER__METRICS__ADDRESS", "127.0.0.1:0")
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -67,12 +72,9 @@ impl Process {
     /// Waits for exit; returns the status code, stdout, and the stderr lines.
     fn finish(mut self) -> (Option<i32>, String, Vec<String>) {
         let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout.read_to_string(&mut out).unwrap();
+        }
         let status = self.child.wait().unwrap();
         let logs = self.stderr.try_iter().collect();
         (status.code(), out, logs)
@@ -193,4 +195,96 @@ fn bad_listen_address_fails_at_start_naming_it() {
     assert_eq!(out.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains(&addr), "{msg}");
+}
+
+async fn metrics_of(p: &Process) -> Metrics {
+    let resp = request(
+        p.metrics_addr,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    Metrics::parse(&resp.text())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_stdout_keeps_events_queued_and_counts_them_at_shutdown() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let p = Process::start_with(
+        &[],
+        &[("AUDIT_FORWARDER__SHUTDOWN__DEADLINE_SECS", "1")],
+        Stdio::from(full),
+    );
+    let body = read("cases/BH-04/body.json");
+    assert_eq!(post(p.addr, "/post", &[], &body).await.status, 200);
+    eventually("the write error is counted", || async {
+        metrics_of(&p)
+            .await
+            .get(r#"audit_forwarder_error_total{reason="write",sink="stdout"}"#)
+            >= 2.0
+    })
+    .await;
+    let m = metrics_of(&p).await;
+    assert_eq!(
+        m.get(r#"audit_forwarder_events_sent_total{sink="stdout"}"#),
+        0.0,
+        "nothing was written"
+    );
+    assert_eq!(
+        m.get(r#"audit_forwarder_queue_events{sink="stdout"}"#),
+        2.0,
+        "the events stay queued"
+    );
+    p.signal("TERM");
+    let (code, _, logs) = tokio::task::spawn_blocking(move || p.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(
+        logs.iter().any(|l| l.contains("undelivered_events=2")),
+        "{logs:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stdout_nobody_reads_does_not_keep_the_process_alive_past_the_deadline() {
+    let p = Process::start_with(
+        &[],
+        &[("AUDIT_FORWARDER__SHUTDOWN__DEADLINE_SECS", "1")],
+        Stdio::piped(),
+    );
+    // 260 KB with stdout unread: more than the pipe holds.
+    let body = read("cases/BH-01/body.json");
+    assert_eq!(post(p.addr, "/post", &[], &body).await.status, 200);
+    p.signal("TERM");
+    let Process {
+        mut child, stderr, ..
+    } = p;
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exited on its own, stdout still unread"
+    );
+    let logs: Vec<String> = stderr.try_iter().collect();
+    assert!(
+        logs.iter().any(|l| l.contains("undelivered_events=")),
+        "{logs:#?}"
+    );
 }

@@ -337,3 +337,28 @@ async fn shutdown_deadline_counts_what_could_not_be_written() {
     assert_eq!(report.undelivered_events, 200);
     assert_eq!(report.unfinished_sinks, ["stdout"]);
 }
+
+#[tokio::test]
+async fn sockets_that_never_send_are_closed_and_free_the_connection_limit() {
+    use tokio::io::AsyncReadExt;
+    let mut cfg = config();
+    cfg.source.http.header_read_timeout_secs = 1;
+    cfg.source.http.max_connections = 2;
+    let fwd = Forwarder::start(cfg).await;
+    let mut idle = Vec::new();
+    for addr in [fwd.addr, fwd.addr, fwd.metrics_addr] {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    for mut s in idle {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut byte))
+            .await
+            .expect("closed by the server");
+        assert!(
+            matches!(n, Ok(0) | Err(_)),
+            "the server closed the silent socket"
+        );
+    }
+    assert_eq!(fwd.post(list(1..2).as_bytes()).await.status, 200);
+    fwd.stop().await;
+}

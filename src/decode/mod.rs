@@ -159,7 +159,7 @@ pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError
             end: body.len(),
         })?,
         Err(first_error) => {
-            let docs = documents(body, start)
+            let docs = documents(body, &idx)
                 .filter(|d| d.len() > 1)
                 .ok_or(DecodeError::Json(first_error))?;
             for doc in docs {
@@ -178,14 +178,13 @@ pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError
 }
 
 /// The byte ranges of the JSON texts of a body that holds several one after the
-/// other, found from the structural offsets that stage 1 reported for the whole
-/// body. `None` when they do not split cleanly; each range is validated after.
-fn documents(body: &[u8], start: usize) -> Option<Vec<Range<usize>>> {
-    let mut idx = Vec::new();
-    structure::last_stage1(start, &mut idx);
+/// other, found from the structural offsets `stage1` that simd-json's stage 1
+/// reported for the whole body. `None` when they do not split cleanly; each
+/// range is validated after.
+fn documents(body: &[u8], stage1: &[u32]) -> Option<Vec<Range<usize>>> {
     let w = Walk {
         body,
-        idx: &idx,
+        idx: stage1,
         end: body.len(),
     };
     let mut docs = Vec::new();

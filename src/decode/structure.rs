@@ -51,6 +51,8 @@ thread_local! {
 ///
 /// A [`JsonError`] whose offset is relative to `base` when `text` is not exactly
 /// one valid JSON text (RFC 8259) in UTF-8, or nests deeper than [`MAX_DEPTH`].
+/// `out` then holds the offsets simd-json's stage 1 found before stage 2
+/// refused the text, which show where the texts of a JSON-lines body begin.
 pub(crate) fn index(text: &[u8], base: usize, out: &mut Vec<u32>) -> Result<(), JsonError> {
     PARSER.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -67,23 +69,6 @@ pub(crate) fn index(text: &[u8], base: usize, out: &mut Vec<u32>) -> Result<(), 
     })
 }
 
-/// The structural offsets that simd-json's stage 1 found for the last text that
-/// [`index`] was given, even if stage 2 then refused it. Used to find where the
-/// texts of a JSON-lines body begin and end.
-pub(crate) fn last_stage1(base: usize, out: &mut Vec<u32>) {
-    PARSER.with(|cell| {
-        if let Some(parser) = cell.borrow().as_ref() {
-            out.extend(
-                parser
-                    .buffers
-                    .structural_indexes()
-                    .iter()
-                    .map(|&i| i + base as u32),
-            );
-        }
-    });
-}
-
 impl Parser {
     fn index(&mut self, text: &[u8], base: usize, out: &mut Vec<u32>) -> Result<(), JsonError> {
         self.scratch.clear();
@@ -98,13 +83,21 @@ impl Parser {
                 out.extend(self.buffers.structural_indexes().iter().map(|&i| i + b));
                 Ok(())
             }
-            Err(e) if *e.error() == simd_json::ErrorType::InvalidNumber => {
-                fallback(text, base, out)
+            Err(e) => {
+                let refused = if *e.error() == simd_json::ErrorType::InvalidNumber {
+                    fallback(text, base, out)
+                } else {
+                    Err(JsonError {
+                        offset: base + e.index().min(text.len()),
+                        what: describe(e.error()),
+                    })
+                };
+                if refused.is_err() {
+                    let b = base as u32;
+                    out.extend(self.buffers.structural_indexes().iter().map(|&i| i + b));
+                }
+                refused
             }
-            Err(e) => Err(JsonError {
-                offset: base + e.index().min(text.len()),
-                what: describe(e.error()),
-            }),
         }
     }
 }

@@ -225,3 +225,14 @@ proptest! {
         let _ = decode(&Bytes::from(body), &DecodeOptions::default());
     }
 }
+
+#[test]
+fn large_json_lines_bodies_split_like_small_ones() {
+    // Over the 4 MiB at which the parser's buffers are released after use.
+    let line = format!(r#"{{"auditID":"x","pad":"{}"}}"#, "p".repeat(100));
+    let body = format!("{line}\n").repeat(50_000);
+    assert!(body.len() > 5 << 20);
+    let d = run(&body).unwrap();
+    assert_eq!(d.events.len(), 50_000);
+    assert_eq!(&d.events[49_999].raw[..], line.as_bytes());
+}

@@ -132,18 +132,19 @@ impl Handler {
         .await?;
         let (body, decoded) = self.decode(wire.clone(), gzip).await?;
         let dropped = decoded.dropped.len() as u64;
-        if dropped > 0 {
-            self.log_dropped(&body, &decoded);
-            self.metrics
-                .dropped_before_fanout("event_too_large", dropped);
-        }
-        self.metrics
-            .events_truncated
-            .inc_by(decoded.truncated as u64);
+        let dropped_ids = dropped_ids(&body, &decoded);
+        let truncated = decoded.truncated as u64;
         let events = decoded.events.len();
         self.pipeline
             .admit(Batch::new(body, decoded.events))
             .await?;
+        // Counted only once the request is accepted: a refused request is
+        // re-sent by the API server and would be counted again.
+        for (id, bytes) in dropped_ids {
+            tracing::warn!(audit_id = %id, bytes, "dropping event over decode.max_event_bytes even after truncation");
+        }
+        self.metrics.dropped_before_fanout("event_too_large", dropped);
+        self.metrics.events_truncated.inc_by(truncated);
         self.metrics.events_received.inc_by(events as u64 + dropped);
         self.metrics.bytes_received.inc_by(wire.len() as u64);
         Ok(events)
@@ -192,15 +193,14 @@ impl Handler {
         }
     }
 
-    fn log_dropped(&self, body: &Bytes, decoded: &Decoded) {
-        for d in decoded.dropped.iter().take(5) {
-            let id = d
-                .audit_id
-                .map(|s| String::from_utf8_lossy(s.get(body)).into_owned())
-                .unwrap_or_default();
-            tracing::warn!(audit_id = %id, bytes = d.bytes, "dropping event over decode.max_event_bytes even after truncation");
-        }
-    }
+}
+
+/// The auditIDs (as text) and sizes of the first few dropped events, for logs.
+fn dropped_ids(body: &Bytes, decoded: &Decoded) -> Vec<(String, usize)> {
+    let id = |d: &crate::decode::DroppedEvent| {
+        d.audit_id.map(|s| String::from_utf8_lossy(s.get(body)).into_owned()).unwrap_or_default()
+    };
+    decoded.dropped.iter().take(5).map(|d| (id(d), d.bytes)).collect()
 }
 
 /// A path without its trailing slash (`/` stays `/`).

@@ -362,3 +362,33 @@ async fn sockets_that_never_send_are_closed_and_free_the_connection_limit() {
     assert_eq!(fwd.post(list(1..2).as_bytes()).await.status, 200);
     fwd.stop().await;
 }
+
+#[tokio::test]
+async fn refused_requests_move_no_event_counter() {
+    let mut cfg = config();
+    stdout_queue(&mut cfg).capacity_events = 3;
+    cfg.pipeline.admission_wait_ms = 20;
+    cfg.decode.max_event_bytes = 150;
+    let fwd = Forwarder::start_stalled(cfg).await;
+    assert_eq!(fwd.post(list(1..3).as_bytes()).await.status, 200);
+    let pad = "p".repeat(300);
+    let body = format!(
+        r#"{{"items":[{{"auditID":"t","requestObject":{{"x":"{pad}"}}}},{{"auditID":"d","user":{{"username":"{pad}"}}}},{{"auditID":"ok"}}]}}"#
+    );
+    for _ in 0..3 {
+        assert_eq!(fwd.post(body.as_bytes()).await.status, 503);
+    }
+    let m = fwd.metrics().await;
+    assert_eq!(m.get("audit_forwarder_events_truncated_total"), 0.0);
+    assert_eq!(m.get(r#"audit_forwarder_events_dropped_total{reason="event_too_large",sink="all"}"#), 0.0);
+    assert_eq!(m.get("audit_forwarder_events_received_total"), 2.0);
+    fwd.out.resume();
+    fwd.out.wait_lines(2).await;
+    eventually("room", || async { fwd.metrics().await.get(r#"audit_forwarder_queue_events{sink="stdout"}"#) == 0.0 }).await;
+    assert_eq!(fwd.post(body.as_bytes()).await.status, 200);
+    let m = fwd.metrics().await;
+    assert_eq!(m.get("audit_forwarder_events_truncated_total"), 1.0);
+    assert_eq!(m.get(r#"audit_forwarder_events_dropped_total{reason="event_too_large",sink="all"}"#), 1.0);
+    assert_eq!(m.get("audit_forwarder_events_received_total"), 5.0);
+    fwd.stop().await;
+}

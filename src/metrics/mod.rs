@@ -37,6 +37,7 @@ pub struct Metrics {
     errors: IntCounterVec,
     send_duration: HistogramVec,
     retries: IntCounterVec,
+    connection_errors: IntCounterVec,
     dead_lettered: IntCounterVec,
     endpoint_up: IntGaugeVec,
     queue_events: IntGaugeVec,
@@ -74,6 +75,15 @@ impl SinkMetrics {
             .errors
             .with_label_values(&[&self.sink, reason])
             .inc_by(events);
+    }
+
+    /// Counts one failed connection under
+    /// `audit_forwarder_connection_errors_total{sink, reason}`.
+    pub fn connection_error(&self, reason: &str) {
+        self.metrics
+            .connection_errors
+            .with_label_values(&[&self.sink, reason])
+            .inc();
     }
 
     /// The gauge `audit_forwarder_endpoint_up{sink, endpoint}`.
@@ -188,6 +198,11 @@ impl Metrics {
                 RETRIES_TOTAL,
                 "Delivery attempts repeated, by sink.",
                 &["sink"],
+            ),
+            connection_errors: counter(
+                CONNECTION_ERRORS_TOTAL,
+                "Failed connections to a sink's endpoint, by sink and reason.",
+                &["sink", "reason"],
             ),
             dead_lettered: counter(
                 EVENTS_DEAD_LETTERED_TOTAL,

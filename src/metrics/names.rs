@@ -35,6 +35,10 @@ pub const EVENTS_DEAD_LETTERED_TOTAL: &str = "audit_forwarder_events_dead_letter
 /// Gauge `{sink, endpoint}`: 1 while the endpoint is in rotation, 0 while it
 /// is ejected.
 pub const ENDPOINT_UP: &str = "audit_forwarder_endpoint_up";
+/// Counter `{sink, reason}`: failed connections to a sink's endpoint
+/// (`connect`, `timeout`, `closed` by the peer, `broken`), whether or not events
+/// were in flight: what shows an outage when nothing is being sent.
+pub const CONNECTION_ERRORS_TOTAL: &str = "audit_forwarder_connection_errors_total";
 /// Histogram `{sink}`: seconds one delivery (one write or request) took.
 pub const SEND_DURATION_SECONDS: &str = "audit_forwarder_send_duration_seconds";
 /// Gauge `{sink}`: events in the sink's queue, including those being delivered.

@@ -131,14 +131,18 @@ impl TcpSink {
             let session = match self.connect().await {
                 Ok(s) => s,
                 Err(e) => {
+                    let reason = match e.kind() {
+                        std::io::ErrorKind::TimedOut => "timeout",
+                        _ => "connect",
+                    };
+                    metrics.connection_error(reason);
                     if failures == 0 {
                         tracing::warn!(sink = %self.name, endpoint = %self.endpoint, error = %e, "cannot connect; retrying");
+                        // Once an outage: the events waiting for the connection.
+                        let waiting: usize = resend.iter().map(|d| d.batch.events.len()).sum();
+                        metrics.error(reason, (waiting + input.depth_events()) as u64);
                     }
                     failures += 1;
-                    metrics.error(
-                        "connect",
-                        resend.iter().map(|d| d.batch.events.len() as u64).sum(),
-                    );
                     tokio::time::sleep(self.backoff.next_delay()).await;
                     continue;
                 }
@@ -159,9 +163,11 @@ impl TcpSink {
             match lost {
                 None => return,
                 Some(Lost::Closed) => {
+                    metrics.connection_error("closed");
                     tracing::warn!(sink = %self.name, endpoint = %self.endpoint, resending_events = again, "peer closed the connection; reconnecting");
                 }
                 Some(Lost::Broken(e)) => {
+                    metrics.connection_error("broken");
                     tracing::warn!(sink = %self.name, endpoint = %self.endpoint, error = %e, resending_events = again, "connection lost; reconnecting");
                 }
             }

@@ -143,7 +143,8 @@ impl Handler {
         for (id, bytes) in dropped_ids {
             tracing::warn!(audit_id = %id, bytes, "dropping event over decode.max_event_bytes even after truncation");
         }
-        self.metrics.dropped_before_fanout("event_too_large", dropped);
+        self.metrics
+            .dropped_before_fanout("event_too_large", dropped);
         self.metrics.events_truncated.inc_by(truncated);
         self.metrics.events_received.inc_by(events as u64 + dropped);
         self.metrics.bytes_received.inc_by(wire.len() as u64);
@@ -192,15 +193,21 @@ impl Handler {
             }
         }
     }
-
 }
 
 /// The auditIDs (as text) and sizes of the first few dropped events, for logs.
 fn dropped_ids(body: &Bytes, decoded: &Decoded) -> Vec<(String, usize)> {
     let id = |d: &crate::decode::DroppedEvent| {
-        d.audit_id.map(|s| String::from_utf8_lossy(s.get(body)).into_owned()).unwrap_or_default()
+        d.audit_id
+            .map(|s| String::from_utf8_lossy(s.get(body)).into_owned())
+            .unwrap_or_default()
     };
-    decoded.dropped.iter().take(5).map(|d| (id(d), d.bytes)).collect()
+    decoded
+        .dropped
+        .iter()
+        .take(5)
+        .map(|d| (id(d), d.bytes))
+        .collect()
 }
 
 /// A path without its trailing slash (`/` stays `/`).

@@ -380,15 +380,27 @@ async fn refused_requests_move_no_event_counter() {
     }
     let m = fwd.metrics().await;
     assert_eq!(m.get("audit_forwarder_events_truncated_total"), 0.0);
-    assert_eq!(m.get(r#"audit_forwarder_events_dropped_total{reason="event_too_large",sink="all"}"#), 0.0);
+    assert_eq!(
+        m.get(r#"audit_forwarder_events_dropped_total{reason="event_too_large",sink="all"}"#),
+        0.0
+    );
     assert_eq!(m.get("audit_forwarder_events_received_total"), 2.0);
     fwd.out.resume();
     fwd.out.wait_lines(2).await;
-    eventually("room", || async { fwd.metrics().await.get(r#"audit_forwarder_queue_events{sink="stdout"}"#) == 0.0 }).await;
+    eventually("room", || async {
+        fwd.metrics()
+            .await
+            .get(r#"audit_forwarder_queue_events{sink="stdout"}"#)
+            == 0.0
+    })
+    .await;
     assert_eq!(fwd.post(body.as_bytes()).await.status, 200);
     let m = fwd.metrics().await;
     assert_eq!(m.get("audit_forwarder_events_truncated_total"), 1.0);
-    assert_eq!(m.get(r#"audit_forwarder_events_dropped_total{reason="event_too_large",sink="all"}"#), 1.0);
+    assert_eq!(
+        m.get(r#"audit_forwarder_events_dropped_total{reason="event_too_large",sink="all"}"#),
+        1.0
+    );
     assert_eq!(m.get("audit_forwarder_events_received_total"), 5.0);
     fwd.stop().await;
 }

@@ -203,12 +203,18 @@ async fn http_retries_until_delivered_once_honouring_retry_after() {
 
 #[tokio::test]
 async fn http_rejected_event_is_split_out_and_dead_lettered() {
+    for encoding in [Encoding::Ndjson, Encoding::Passthrough] {
+        rejected_event_is_split_out(encoding).await;
+    }
+}
+
+async fn rejected_event_is_split_out(encoding: Encoding) {
     let backend = HttpBackend::start().await;
     backend.set_answer(Answer::RejectContaining("poison".into()));
     let dir = tempfile::tempdir().unwrap();
     let dead = dir.path().join("dead.ndjson");
     let mut sink = http(&[format!("http://{}/", backend.addr)]);
-    sink.encoding = Encoding::Ndjson;
+    sink.encoding = encoding;
     sink.dead_letter_file = Some(dead.clone());
     let fwd = Forwarder::start(with_sinks(vec![SinkConfig::Http(sink)])).await;
     let body = String::from_utf8(list(1..6)).unwrap().replacen(
@@ -329,6 +335,16 @@ async fn bh13_tcp(variant: &str) {
         );
     }
     assert_eq!(got[..10].len(), 10);
+    let lost = |reason: &str| {
+        m.get(&format!(
+            r#"audit_forwarder_connection_errors_total{{reason="{reason}",sink="tcp"}}"#
+        ))
+    };
+    let expected = if variant == "rst" { "broken" } else { "closed" };
+    assert!(
+        lost(expected) >= 1.0,
+        "{variant}: the lost connection is counted"
+    );
     eventually("queue drained", || async {
         fwd.metrics()
             .await

@@ -29,8 +29,9 @@ impl EventRef {
     }
 }
 
-/// The body for `events` in `encoding`, compressed as configured. The
-/// `passthrough` encoding is not built here: its body is the request's own.
+/// The body for `events` in `encoding`, compressed as configured. For
+/// `passthrough` this is only used for parts of a rejected batch (an EventList
+/// of them); a whole batch is sent as the request's own body.
 pub(crate) fn encode(events: &[EventRef], encoding: Encoding, compression: Compression) -> Bytes {
     let size: usize = events
         .iter()
@@ -49,11 +50,25 @@ pub(crate) fn encode(events: &[EventRef], encoding: Encoding, compression: Compr
             }
             out.push(b']');
         }
-        Encoding::Ndjson | Encoding::Passthrough => {
+        Encoding::Ndjson => {
             for e in events {
                 out.extend_from_slice(&e.event().raw);
                 out.push(b'\n');
             }
+        }
+        Encoding::Passthrough => {
+            // Part of a rejected batch, sent again to find the bad events: an
+            // EventList of the same version the API server sends.
+            out.extend_from_slice(
+                br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":["#,
+            );
+            for (i, e) in events.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&e.event().raw);
+            }
+            out.extend_from_slice(b"]}");
         }
     }
     compress(Bytes::from(out), compression)

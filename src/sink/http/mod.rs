@@ -233,7 +233,7 @@ impl HttpSink {
                         index,
                     })
                     .collect();
-                self.dead_letter(&refs, status).await;
+                self.split_rejected(refs, status).await;
             }
         }
         drop(delivery);
@@ -317,7 +317,22 @@ impl HttpSink {
     /// Sends `events`, splitting a rejected request in halves down to the
     /// events that are rejected on their own, which go to the dead-letter file.
     async fn deliver_split(&mut self, events: Vec<EventRef>) {
-        let mut stack = vec![events];
+        self.deliver_parts(vec![events]).await;
+    }
+
+    /// Goes on with `events` that were rejected together with `status`: in
+    /// halves, or to the dead-letter file if it is a single event.
+    async fn split_rejected(&mut self, mut events: Vec<EventRef>, status: u16) {
+        if events.len() < 2 {
+            return self.dead_letter(&events, status).await;
+        }
+        tracing::debug!(sink = %self.name, status, events = events.len(), "request rejected; splitting it");
+        let second = events.split_off(events.len() / 2);
+        self.deliver_parts(vec![second, events]).await;
+    }
+
+    /// Sends each part (the last first), splitting rejected parts in halves.
+    async fn deliver_parts(&mut self, mut stack: Vec<Vec<EventRef>>) {
         while let Some(part) = stack.pop() {
             let body = body::encode(&part, self.encoding, self.compression);
             let raw_bytes: usize = part.iter().map(|e| e.event().raw.len() + 1).sum();
@@ -400,6 +415,7 @@ impl HttpSink {
                     } else {
                         "connection"
                     };
+                    self.metrics.connection_error(reason);
                     if !failing {
                         tracing::warn!(sink = %self.name, endpoint = %endpoint.label, error = %error_chain(&e), "request failed; retrying");
                     }

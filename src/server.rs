@@ -199,6 +199,7 @@ pub fn builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
         .max_buf_size(opts.max_header_bytes.max(8192))
+        .half_close(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

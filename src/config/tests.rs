@@ -174,3 +174,12 @@ fn at_least_one_listener_is_enabled() {
     assert!(!c.source.http.enabled && c.source.https.enabled);
     assert_eq!(c.source.https.client_auth, ClientAuth::Required);
 }
+
+#[test]
+fn a_misspelt_log_level_is_refused() {
+    let f = file("log:\n  level: inf\n");
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(msg.contains("log.level"), "{msg}");
+    let f = file("log:\n  level: \"warn,kube_audit_forwarder=debug\"\n");
+    load(Some(f.path()), no_env()).unwrap();
+}

@@ -429,13 +429,25 @@ impl Config {
                 );
             }
         }
-        if self
-            .log
-            .level
-            .parse::<tracing_subscriber::EnvFilter>()
-            .is_err()
+        // A bare word that is not a level parses as a target name and would
+        // silence every log line: `inf` for `info`.
+        const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+        let bare_word_not_a_level = self.log.level.split(',').map(str::trim).any(|d| {
+            !d.is_empty()
+                && !d.contains(['=', '[', ':'])
+                && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
+        });
+        if bare_word_not_a_level
+            || self
+                .log
+                .level
+                .parse::<tracing_subscriber::EnvFilter>()
+                .is_err()
         {
-            return err("log.level", "not a valid tracing filter");
+            return err(
+                "log.level",
+                "not a valid tracing filter (a level: trace, debug, info, warn, error, off; or target=level pairs)",
+            );
         }
         Ok(())
     }

@@ -216,9 +216,9 @@ impl Builder<'_> {
                 let mut looks_like_event = false;
                 let mut records = false;
                 for m in w.members(0) {
-                    if w.key_is(&m, b"items") {
+                    if w.key_is_like_go(&m, "items") {
                         items = Some(m.value);
-                    } else if w.key_is(&m, b"kind") {
+                    } else if w.key_is_like_go(&m, "kind") {
                         kind = w.string(m.value).map(|r| &w.body[r]);
                     } else if w.key_is(&m, b"records") {
                         records = true;

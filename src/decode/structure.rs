@@ -88,7 +88,7 @@ impl Parser {
                     fallback(text, base, out)
                 } else {
                     Err(JsonError {
-                        offset: base + e.index().min(text.len()),
+                        offset: base + locate(text).unwrap_or(e.index().min(text.len())),
                         what: describe(e.error()),
                     })
                 };
@@ -100,6 +100,21 @@ impl Parser {
             }
         }
     }
+}
+
+/// Where serde_json finds the fault in `text`, as a byte offset: simd-json
+/// often reports offset 0. Only on the error path.
+fn locate(text: &[u8]) -> Option<usize> {
+    if let Err(e) = std::str::from_utf8(text) {
+        return Some(e.valid_up_to());
+    }
+    let e = serde_json::from_slice::<IgnoredAny>(text).err()?;
+    let line_start: usize = text
+        .split_inclusive(|&b| b == b'\n')
+        .take(e.line().saturating_sub(1))
+        .map(<[u8]>::len)
+        .sum();
+    Some((line_start + e.column().saturating_sub(1)).min(text.len()))
 }
 
 fn describe(kind: &simd_json::ErrorType) -> &'static str {

@@ -236,3 +236,30 @@ fn large_json_lines_bodies_split_like_small_ones() {
     assert_eq!(d.events.len(), 50_000);
     assert_eq!(&d.events[49_999].raw[..], line.as_bytes());
 }
+
+#[test]
+fn eventlist_keys_match_like_go_decoding() {
+    assert_eq!(
+        lines(r#"{"kind":"EventList","Items":[{"a":1}]}"#),
+        [r#"{"a":1}"#]
+    );
+    assert_eq!(
+        lines(r#"{"KIND":"EventList","\u0069tems":[{"a":2}]}"#),
+        [r#"{"a":2}"#]
+    );
+}
+
+#[test]
+fn json_errors_point_at_the_fault() {
+    let err = run("{\"items\":[{\"a\":1},\n {\"b\":tru}]}").unwrap_err();
+    let DecodeError::Json(JsonError { offset, .. }) = err else {
+        panic!("{err:?}")
+    };
+    assert!((24..=29).contains(&offset), "{offset}");
+    let bad_utf8 = [b"[\"ok\",\"".as_slice(), &[0xff], b"\"]"].concat();
+    let err = decode(&Bytes::from(bad_utf8), &DecodeOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, DecodeError::Json(JsonError { offset: 6..=8, .. })),
+        "{err:?}"
+    );
+}

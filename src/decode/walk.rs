@@ -129,6 +129,21 @@ impl<'a> Walk<'a> {
         self.string(m.key).is_some_and(|r| &self.body[r] == key)
     }
 
+    /// Whether the key of `m` is `key` the way Go's `encoding/json` matches
+    /// struct fields: escapes undone, ASCII case ignored (`Items`,
+    /// `\u0069tems`). Used for the EventList's own keys.
+    pub(crate) fn key_is_like_go(&self, m: &Member, key: &str) -> bool {
+        let Some(r) = self.string(m.key) else {
+            return false;
+        };
+        let raw = &self.body[r.clone()];
+        if !raw.contains(&b'\\') {
+            return raw.eq_ignore_ascii_case(key.as_bytes());
+        }
+        let quoted = &self.body[r.start - 1..r.end + 1];
+        serde_json::from_slice::<String>(quoted).is_ok_and(|k| k.eq_ignore_ascii_case(key))
+    }
+
     /// Whether the value made of tokens `tok..next` contains whitespace between
     /// its tokens. Whitespace between two tokens always sits just before the
     /// second one, and a byte just before a token is never inside a string.

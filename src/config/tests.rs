@@ -183,3 +183,13 @@ fn a_misspelt_log_level_is_refused() {
     let f = file("log:\n  level: \"warn,kube_audit_forwarder=debug\"\n");
     load(Some(f.path()), no_env()).unwrap();
 }
+
+#[test]
+fn two_listeners_on_one_address_are_refused() {
+    let f = file("source:\n  http:\n    address: 0.0.0.0:9090\n");
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(
+        msg.contains("metrics.address") && msg.contains("source.http.address"),
+        "{msg}"
+    );
+}

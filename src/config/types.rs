@@ -336,6 +336,27 @@ impl Config {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: &str, msg: &str| Err((key.to_owned(), msg.to_owned()));
         let http = &self.source.http;
+        let listeners = [
+            ("source.http.address", http.enabled, http.address),
+            (
+                "source.https.address",
+                self.source.https.enabled,
+                self.source.https.address,
+            ),
+            (
+                "metrics.address",
+                self.metrics.enabled,
+                self.metrics.address,
+            ),
+        ];
+        for (i, (key, on, addr)) in listeners.iter().enumerate() {
+            let clash = listeners[..i]
+                .iter()
+                .find(|(_, o, a)| *o && *on && a.port() != 0 && a == addr);
+            if let Some((other, _, _)) = clash {
+                return err(key, &format!("{addr} is also {other}"));
+            }
+        }
         if !http.enabled && !self.source.https.enabled {
             return err(
                 "source.http.enabled",

@@ -210,6 +210,8 @@ impl App {
                 stop_admin.clone(),
             ))
         });
+        // Ready before saying so: whoever reads the log may probe at once.
+        ready.set(true);
         if http_cfg.enabled {
             tracing::info!(address = %http_addr, "webhook listener ready");
         }
@@ -219,7 +221,6 @@ impl App {
         if let Some(addr) = metrics_addr {
             tracing::info!(address = %addr, "metrics listener ready");
         }
-        ready.set(true);
         Ok(Running {
             http_addr,
             https_addr,

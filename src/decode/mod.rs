@@ -153,11 +153,7 @@ pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError
         dropped: Vec::new(),
     };
     match structure::index(&body[start..], start, &mut idx) {
-        Ok(()) => b.document(&Walk {
-            body,
-            idx: &idx,
-            end: body.len(),
-        })?,
+        Ok(()) => b.document(&Walk::new(body, &idx, body.len()))?,
         Err(first_error) => {
             let docs = documents(body, &idx)
                 .filter(|d| d.len() > 1)
@@ -166,11 +162,7 @@ pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError
                 idx.clear();
                 structure::index(&body[doc.clone()], doc.start, &mut idx)
                     .map_err(DecodeError::Json)?;
-                b.document(&Walk {
-                    body,
-                    idx: &idx,
-                    end: doc.end,
-                })?;
+                b.document(&Walk::new(body, &idx, doc.end))?;
             }
         }
     }
@@ -182,11 +174,7 @@ pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError
 /// reported for the whole body. `None` when they do not split cleanly; each
 /// range is validated after.
 fn documents(body: &[u8], stage1: &[u32]) -> Option<Vec<Range<usize>>> {
-    let w = Walk {
-        body,
-        idx: stage1,
-        end: body.len(),
-    };
+    let w = Walk::new(body, stage1, body.len());
     let mut docs = Vec::new();
     let mut tok = 0;
     while tok < w.len() {
@@ -219,7 +207,7 @@ impl Builder<'_> {
                     if w.key_is_like_go(&m, "items") {
                         items = Some(m.value);
                     } else if w.key_is_like_go(&m, "kind") {
-                        kind = w.string(m.value).map(|r| &w.body[r]);
+                        kind = w.string(m.value).map(|r| &w.body()[r]);
                     } else if w.key_is(&m, b"records") {
                         records = true;
                     } else if ["auditID", "stage", "level", "requestURI"]
@@ -336,12 +324,12 @@ fn read_meta(w: &Walk<'_>, tok: usize) -> EventMeta {
     };
     let mut meta = EventMeta::default();
     for m in w.members(tok) {
-        let Some(key) = w.string(m.key).map(|r| &w.body[r]) else {
+        let Some(key) = w.string(m.key).map(|r| &w.body()[r]) else {
             continue;
         };
         match key {
-            b"level" => meta.level = span(m.value).map(|s| Level::from_raw(s.get(w.body))),
-            b"stage" => meta.stage = span(m.value).map(|s| Stage::from_raw(s.get(w.body))),
+            b"level" => meta.level = span(m.value).map(|s| Level::from_raw(s.get(w.body()))),
+            b"stage" => meta.stage = span(m.value).map(|s| Stage::from_raw(s.get(w.body()))),
             b"auditID" => meta.audit_id = span(m.value),
             b"verb" => meta.verb = span(m.value),
             b"user" => {
@@ -363,7 +351,7 @@ fn read_meta(w: &Walk<'_>, tok: usize) -> EventMeta {
             b"responseStatus" => {
                 for s in w.members(m.value) {
                     if w.key_is(&s, b"code") {
-                        let raw = &w.body[w.value_range(s.value, s.next)];
+                        let raw = &w.body()[w.value_range(s.value, s.next)];
                         meta.code = std::str::from_utf8(raw).ok().and_then(|t| t.parse().ok());
                     }
                 }

@@ -14,10 +14,54 @@ pub(crate) fn is_ws(b: u8) -> bool {
 
 /// A validated JSON text: the body and the structural offsets of the text's tokens.
 pub(crate) struct Walk<'a> {
-    pub(crate) body: &'a [u8],
-    pub(crate) idx: &'a [u32],
+    body: &'a [u8],
+    idx: &'a [u32],
     /// One past the last byte of the text.
-    pub(crate) end: usize,
+    end: usize,
+    /// For each token, the token after the value it starts.
+    next: Vec<u32>,
+    /// Whether any token has whitespace before it.
+    any_ws: bool,
+}
+
+impl<'a> Walk<'a> {
+    /// A walk over the tokens `idx` of the text ending at byte `end` of `body`.
+    /// One pass over the tokens matches every bracket, so that skipping a
+    /// value later costs nothing; unbalanced brackets (possible only in the
+    /// offsets of a text that failed validation) skip to the end.
+    pub(crate) fn new(body: &'a [u8], idx: &'a [u32], end: usize) -> Self {
+        let n = idx.len();
+        let mut next: Vec<u32> = (1..=n as u32).collect();
+        let mut open: Vec<u32> = Vec::new();
+        let mut any_ws = false;
+        for (t, &p) in idx.iter().enumerate() {
+            let p = p as usize;
+            any_ws |= p > 0 && body.get(p - 1).copied().is_some_and(is_ws);
+            match body.get(p) {
+                Some(b'{' | b'[') => open.push(t as u32),
+                Some(b'}' | b']') => {
+                    if let Some(o) = open.pop() {
+                        next[o as usize] = t as u32 + 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for o in open {
+            next[o as usize] = n as u32;
+        }
+        Self {
+            body,
+            idx,
+            end,
+            next,
+            any_ws,
+        }
+    }
+
+    pub(crate) fn body(&self) -> &'a [u8] {
+        self.body
+    }
 }
 
 /// One member of an object: its key token, its value token, and the token after
@@ -43,23 +87,7 @@ impl<'a> Walk<'a> {
 
     /// The token after the value that starts at `tok`.
     pub(crate) fn skip(&self, tok: usize) -> usize {
-        if !matches!(self.byte(tok), b'{' | b'[') {
-            return tok + 1;
-        }
-        let mut depth = 0usize;
-        for t in tok..self.len() {
-            match self.byte(t) {
-                b'{' | b'[' => depth += 1,
-                b'}' | b']' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return t + 1;
-                    }
-                }
-                _ => {}
-            }
-        }
-        self.len()
+        self.next.get(tok).map_or(tok + 1, |&n| n as usize)
     }
 
     /// Bytes of the value made of tokens `tok..next`, without surrounding whitespace.
@@ -148,7 +176,7 @@ impl<'a> Walk<'a> {
     /// its tokens. Whitespace between two tokens always sits just before the
     /// second one, and a byte just before a token is never inside a string.
     pub(crate) fn has_whitespace(&self, tok: usize, next: usize) -> bool {
-        (tok + 1..next).any(|t| is_ws(self.body[self.pos(t) - 1]))
+        self.any_ws && (tok + 1..next).any(|t| is_ws(self.body[self.pos(t) - 1]))
     }
 
     /// Appends the tokens `tok..next` (ending at byte `end`) to `out` with the

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kube_audit_forwarder::decode::{DecodeOptions, decode};
-use kube_audit_forwarder::synth::{Rng, SynthLevel, event_list};
+use kube_audit_forwarder::synth::{MIXED, Rng, SynthLevel, event_list};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -22,19 +22,7 @@ fn bench(c: &mut Criterion) {
     use SynthLevel::*;
     let batches = [
         ("metadata", vec![Metadata]),
-        (
-            "mixed",
-            vec![
-                Metadata,
-                Metadata,
-                Metadata,
-                Request,
-                Metadata,
-                Metadata,
-                Metadata,
-                RequestResponse,
-            ],
-        ),
+        ("mixed", MIXED.to_vec()),
         ("request_response", vec![RequestResponse]),
     ];
     for (name, mix) in batches {

@@ -44,6 +44,19 @@ impl Rng {
     }
 }
 
+/// The mix of the API server's usual traffic: six Metadata events, one
+/// Request, one RequestResponse in eight (about 4.9 KB an event).
+pub const MIXED: [SynthLevel; 8] = [
+    SynthLevel::Metadata,
+    SynthLevel::Metadata,
+    SynthLevel::Metadata,
+    SynthLevel::Request,
+    SynthLevel::Metadata,
+    SynthLevel::Metadata,
+    SynthLevel::Metadata,
+    SynthLevel::RequestResponse,
+];
+
 const VERBS: [&str; 6] = ["get", "list", "watch", "update", "patch", "create"];
 const RESOURCES: [&str; 5] = ["pods", "configmaps", "leases", "secrets", "deployments"];
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use kube_audit_forwarder::config::ClientTlsConfig;
-use kube_audit_forwarder::synth::{Rng, SynthLevel, Template};
+use kube_audit_forwarder::synth::{MIXED, Rng, SynthLevel, Template};
 use kube_audit_forwarder::tls::OutboundTls;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
@@ -100,16 +100,7 @@ impl Mix {
             Self::Metadata => vec![Metadata],
             Self::Request => vec![Request],
             Self::RequestResponse => vec![RequestResponse],
-            Self::Mixed => vec![
-                Metadata,
-                Metadata,
-                Metadata,
-                Request,
-                Metadata,
-                Metadata,
-                Metadata,
-                RequestResponse,
-            ],
+            Self::Mixed => MIXED.to_vec(),
         }
     }
 }

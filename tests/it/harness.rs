@@ -345,3 +345,20 @@ pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = boo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A compact EventList of Metadata events whose auditIDs are `case_id(i)` for
+/// each `i` in `ids`.
+pub fn list(ids: std::ops::Range<u64>) -> String {
+    let items: Vec<String> = ids
+        .map(|i| {
+            format!(
+                r#"{{"level":"Metadata","auditID":"{}","stage":"ResponseComplete","verb":"get"}}"#,
+                case_id(i)
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
+        items.join(",")
+    )
+}

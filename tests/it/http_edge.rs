@@ -6,21 +6,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn list(ids: std::ops::Range<u64>) -> String {
-    let items: Vec<String> = ids
-        .map(|i| {
-            format!(
-                r#"{{"level":"Metadata","auditID":"{}","stage":"ResponseComplete","verb":"get"}}"#,
-                case_id(i)
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
-        items.join(",")
-    )
-}
-
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(data).unwrap();

@@ -53,19 +53,7 @@ fn with_sinks(sinks: Vec<SinkConfig>) -> Config {
 }
 
 fn list(ids: std::ops::Range<u64>) -> Vec<u8> {
-    let items: Vec<String> = ids
-        .map(|i| {
-            format!(
-                r#"{{"level":"Metadata","auditID":"{}","stage":"ResponseComplete","verb":"get"}}"#,
-                case_id(i)
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
-        items.join(",")
-    )
-    .into_bytes()
+    crate::harness::list(ids).into_bytes()
 }
 
 fn ids(range: std::ops::Range<u64>) -> Vec<String> {

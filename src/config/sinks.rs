@@ -27,6 +27,9 @@ pub struct HttpSinkConfig {
     pub compression: Compression,
     /// Extra request headers (an `Authorization` token, say).
     pub headers: BTreeMap<String, HeaderValueConfig>,
+    /// Requests in flight at once with `encoding: passthrough` (one per
+    /// webhook batch; the re-batching encodings send one at a time).
+    pub max_in_flight: usize,
     /// Seconds one request may take, connecting included.
     pub timeout_secs: u64,
     /// Seconds to establish a connection.
@@ -61,6 +64,7 @@ impl Default for HttpSinkConfig {
             batch: BatchConfig::default(),
             compression: Compression::None,
             headers: BTreeMap::new(),
+            max_in_flight: 4,
             timeout_secs: 10,
             connect_timeout_secs: 5,
             http_version: HttpVersion::Auto,
@@ -369,6 +373,9 @@ impl HttpSinkConfig {
                     );
                 }
             }
+        }
+        if self.max_in_flight == 0 {
+            return missing(&format!("{prefix}.max_in_flight"), "must be greater than 0");
         }
         if self.batch.max_events == 0 || self.batch.max_bytes == 0 {
             return missing(

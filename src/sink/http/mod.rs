@@ -52,6 +52,7 @@ pub struct HttpSink {
     batch: BatchConfig,
     retry_statuses: Vec<StatusPattern>,
     backoff: Backoff,
+    max_in_flight: usize,
     dead_letter: Option<DeadLetter>,
     health: Option<HealthCheckConfig>,
     metrics: SinkMetrics,
@@ -186,6 +187,7 @@ impl HttpSink {
                 Duration::from_millis(cfg.retry.initial_backoff_ms),
                 Duration::from_secs(cfg.retry.max_backoff_secs),
             ),
+            max_in_flight: cfg.max_in_flight,
             dead_letter: cfg.dead_letter_file.clone().map(DeadLetter::new),
             health: cfg.health_check.clone(),
             metrics,
@@ -199,7 +201,7 @@ impl HttpSink {
     }
 
     /// Delivers every batch of `input` until it is closed and drained.
-    pub async fn run(mut self, mut input: QueueReader) {
+    pub async fn run(self, mut input: QueueReader) {
         let stop_checks = CancellationToken::new();
         if let Some(h) = self.health.clone() {
             tokio::spawn(health_checks(
@@ -211,16 +213,30 @@ impl HttpSink {
         }
         match self.encoding {
             Encoding::Passthrough => {
+                // Several webhook batches in flight, as the API server sends
+                // them; each keeps its room in the queue until delivered.
+                let this = std::sync::Arc::new(self);
+                let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(this.max_in_flight));
+                let mut in_flight = tokio::task::JoinSet::new();
                 while let Some(delivery) = input.recv().await {
-                    self.passthrough(delivery).await;
+                    let slot = slots.clone().acquire_owned().await.expect("never closed");
+                    let sink = this.clone();
+                    in_flight.spawn(async move {
+                        sink.passthrough(delivery).await;
+                        drop(slot);
+                    });
+                    while in_flight.try_join_next().is_some() {}
                 }
+                while in_flight.join_next().await.is_some() {}
+                stop_checks.cancel();
+                return;
             }
             Encoding::Ndjson | Encoding::JsonArray => self.rebatch(&mut input).await,
         }
         stop_checks.cancel();
     }
 
-    async fn passthrough(&mut self, delivery: Delivery) {
+    async fn passthrough(&self, delivery: Delivery) {
         let batch = delivery.batch.clone();
         let body = body::compress(batch.body.clone(), self.compression);
         let events = batch.events.len();
@@ -243,7 +259,7 @@ impl HttpSink {
     /// `batch.max_events` events and `batch.max_bytes` bytes, waiting at most
     /// `batch.timeout_ms` for a partial one to fill. A batch's room in the
     /// queue is given back once all its events are delivered.
-    async fn rebatch(&mut self, input: &mut QueueReader) {
+    async fn rebatch(&self, input: &mut QueueReader) {
         let mut held: std::collections::VecDeque<Delivery> = std::collections::VecDeque::new();
         let mut done_in_front = 0usize;
         let mut cursor: Option<(Arc<crate::pipeline::Batch>, usize)> = None;
@@ -316,13 +332,13 @@ impl HttpSink {
 
     /// Sends `events`, splitting a rejected request in halves down to the
     /// events that are rejected on their own, which go to the dead-letter file.
-    async fn deliver_split(&mut self, events: Vec<EventRef>) {
+    async fn deliver_split(&self, events: Vec<EventRef>) {
         self.deliver_parts(vec![events]).await;
     }
 
     /// Goes on with `events` that were rejected together with `status`: in
     /// halves, or to the dead-letter file if it is a single event.
-    async fn split_rejected(&mut self, mut events: Vec<EventRef>, status: u16) {
+    async fn split_rejected(&self, mut events: Vec<EventRef>, status: u16) {
         if events.len() < 2 {
             return self.dead_letter(&events, status).await;
         }
@@ -332,7 +348,7 @@ impl HttpSink {
     }
 
     /// Sends each part (the last first), splitting rejected parts in halves.
-    async fn deliver_parts(&mut self, mut stack: Vec<Vec<EventRef>>) {
+    async fn deliver_parts(&self, mut stack: Vec<Vec<EventRef>>) {
         while let Some(part) = stack.pop() {
             let body = body::encode(&part, self.encoding, self.compression);
             let raw_bytes: usize = part.iter().map(|e| e.event().raw.len() + 1).sum();
@@ -369,11 +385,11 @@ impl HttpSink {
     }
 
     /// Sends one body until an endpoint takes it or rejects it for good.
-    async fn send(&mut self, body: Bytes, events: usize) -> Outcome {
+    async fn send(&self, body: Bytes, events: usize) -> Outcome {
         let mut last_failed: Option<usize> = None;
         let mut fresh_retry_used = false;
         let mut failing = false;
-        self.backoff.reset();
+        let mut backoff = self.backoff.clone();
         loop {
             let i = self.endpoints.pick(last_failed);
             let endpoint = &self.endpoints.list[i];
@@ -432,7 +448,7 @@ impl HttpSink {
             self.metrics.error(&reason, events as u64);
             self.metrics.retries.inc();
             last_failed = (self.endpoints.list.len() > 1).then_some(i);
-            let pause = wait.unwrap_or_else(|| self.backoff.next_delay());
+            let pause = wait.unwrap_or_else(|| backoff.next_delay());
             tokio::time::sleep(pause).await;
         }
     }

@@ -5,5 +5,6 @@
 mod binary;
 mod cases;
 mod corpus;
+mod fuzz_regressions;
 mod harness;
 mod http_edge;

@@ -22,6 +22,9 @@ use kube_audit_forwarder::decode::{DecodeError, DecodeOptions, Decoded};
 use kube_audit_forwarder::source::RequestError;
 use kube_audit_forwarder::source::body::unpack;
 
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
 use super::oracle::{self, Expect};
 use super::{assert_line, compact, parse};
 
@@ -209,20 +212,48 @@ fn check_items(case: &Case, items: &[&str], decoded: &Decoded) {
 
 /// The value kube-apiserver's truncating backend makes of an event object:
 /// `requestObject` and `responseObject` removed, the annotation
-/// `audit.k8s.io/truncated: "true"` added. `None` when it cannot be truncated.
-fn truncated_value(item: &str) -> Option<serde_json::Value> {
-    let serde_json::Value::Object(mut obj) = parse(item.as_bytes()).ok()? else {
+/// `audit.k8s.io/truncated: "true"` added. `None` when it cannot be truncated
+/// (not an object, or `annotations` neither an object nor `null`). Keys match
+/// as written, as the decoder matches them; a repeated key's last value counts
+/// when the result is read.
+fn truncated_value(item: &str) -> Option<Value> {
+    const MARK: &str = "audit.k8s.io/truncated";
+    if !item.starts_with('{') {
         return None;
-    };
-    obj.remove("requestObject");
-    obj.remove("responseObject");
-    let mut notes = match obj.remove("annotations") {
-        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
-        Some(serde_json::Value::Object(m)) => m,
-        Some(_) => return None,
-    };
-    notes.insert("audit.k8s.io/truncated".into(), "true".into());
-    obj.insert("annotations".into(), notes.into());
+    }
+    let value = |raw: &RawValue| parse(raw.get().as_bytes()).expect("valid JSON");
+    let mut obj = Map::new();
+    let mut annotated = false;
+    for (key, plain, raw) in oracle::members(item) {
+        match (plain, key.as_str()) {
+            (true, "requestObject" | "responseObject") => {}
+            (true, "annotations") => {
+                annotated = true;
+                let mut notes = Map::new();
+                notes.insert(MARK.into(), "true".into());
+                match raw.get().as_bytes().first() {
+                    Some(b'n') => {}
+                    Some(b'{') => {
+                        for (k, p, v) in oracle::members(raw.get()) {
+                            if !(p && k == MARK) {
+                                notes.insert(k, value(v));
+                            }
+                        }
+                    }
+                    _ => return None,
+                }
+                obj.insert(key, notes.into());
+            }
+            _ => {
+                obj.insert(key, value(raw));
+            }
+        }
+    }
+    if !annotated {
+        let mut notes = Map::new();
+        notes.insert(MARK.into(), "true".into());
+        obj.insert("annotations".into(), notes.into());
+    }
     Some(obj.into())
 }
 

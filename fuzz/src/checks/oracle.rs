@@ -139,7 +139,7 @@ fn array(text: &str) -> Vec<&str> {
 
 /// The members of an object in order, duplicates kept: key (unescaped),
 /// whether the key was written without escapes, value text.
-fn members(text: &str) -> Vec<(String, bool, &RawValue)> {
+pub(crate) fn members(text: &str) -> Vec<(String, bool, &RawValue)> {
     struct Members;
     impl<'de> Visitor<'de> for Members {
         type Value = Vec<(String, bool, &'de RawValue)>;

@@ -10,7 +10,8 @@
 //! simd-json refuses numbers it cannot represent as `f64` (`1e400`), although they
 //! are valid JSON (RFC 8259 §6 leaves range to implementations). Such a text is
 //! validated again by serde_json, which skips numbers without converting them, and
-//! its offsets are found by a plain byte scanner.
+//! its offsets and nesting depth are found by a plain byte scanner (serde_json
+//! skips values without a depth limit, so [`MAX_DEPTH`] is enforced there).
 
 use std::cell::RefCell;
 
@@ -143,17 +144,30 @@ fn fallback(text: &[u8], base: usize, out: &mut Vec<u32>) -> Result<(), JsonErro
     let mut de = serde_json::Deserializer::from_str(text_str);
     IgnoredAny::deserialize(&mut de).map_err(|_| invalid("invalid JSON syntax"))?;
     de.end().map_err(|_| invalid("data after the JSON value"))?;
-    scan(text, base, out);
+    let from = out.len();
+    if scan(text, base, out) > MAX_DEPTH {
+        out.truncate(from);
+        return Err(invalid("nested too deeply"));
+    }
     Ok(())
 }
 
 /// Structural offsets of a text already known to be valid JSON, found byte by
-/// byte: the same set that simd-json's stage 1 reports.
-fn scan(text: &[u8], base: usize, out: &mut Vec<u32>) {
-    let mut i = 0;
+/// byte: the same set that simd-json's stage 1 reports. Returns the deepest
+/// nesting of arrays and objects, which serde_json's skipping does not limit.
+fn scan(text: &[u8], base: usize, out: &mut Vec<u32>) -> usize {
+    let (mut i, mut depth, mut deepest) = (0, 0usize, 0);
     while i < text.len() {
         match text[i] {
             b'{' | b'}' | b'[' | b']' | b':' | b',' => {
+                match text[i] {
+                    b'{' | b'[' => {
+                        depth += 1;
+                        deepest = deepest.max(depth);
+                    }
+                    b'}' | b']' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
                 out.push((base + i) as u32);
                 i += 1;
             }
@@ -188,6 +202,7 @@ fn scan(text: &[u8], base: usize, out: &mut Vec<u32>) {
             }
         }
     }
+    deepest
 }
 
 #[cfg(test)]
@@ -219,6 +234,23 @@ mod tests {
             vec![0, 1, 4, 5, 10, 11, 14, 15, 45]
         );
         assert_eq!(offsets("[1e400,").unwrap_err().what, "invalid JSON syntax");
+    }
+
+    #[test]
+    fn numbers_out_of_f64_range_do_not_lift_the_depth_limit() {
+        // The number comes first, so simd-json refuses it before it sees the depth.
+        let nested = |levels: usize, leaf: &str| {
+            let inner = levels - 1;
+            format!("[{leaf},{}{}]", "[".repeat(inner), "]".repeat(inner))
+        };
+        for leaf in ["1", "1e400"] {
+            assert!(offsets(&nested(MAX_DEPTH, leaf)).is_ok(), "{leaf}");
+            assert_eq!(
+                offsets(&nested(MAX_DEPTH + 1, leaf)).unwrap_err().what,
+                "nested too deeply",
+                "{leaf}"
+            );
+        }
     }
 
     #[test]

@@ -263,3 +263,74 @@ fn json_errors_point_at_the_fault() {
         "{err:?}"
     );
 }
+
+/// Bytes that are JSON more often than chance.
+fn jsonish() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        any::<u8>().prop_map(|b| vec![b]),
+        prop::sample::select(vec![
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"",
+            " ",
+            "\n",
+            "\t",
+            "1e400",
+            "\"items\"",
+            "\"auditID\"",
+            "\"kind\"",
+            "\"EventList\"",
+            "null",
+            "\"x\\n\"",
+        ])
+        .prop_map(|s| s.as_bytes().to_vec()),
+    ];
+    prop::collection::vec(piece, 0..48).prop_map(|p| p.concat())
+}
+
+proptest! {
+    #[test]
+    fn output_is_json_lines_no_larger_than_the_body(body in jsonish()) {
+        let bytes = Bytes::from(body);
+        if let Ok(d) = decode(&bytes, &DecodeOptions::default()) {
+            let out: usize = d.events.iter().map(|e| e.raw.len()).sum();
+            prop_assert!(out <= bytes.len());
+            prop_assert!(d.events.len() <= bytes.len() / 2 + 1);
+            for e in &d.events {
+                prop_assert!(!e.raw.contains(&b'\n') && !e.raw.contains(&b'\r'));
+                let text = std::str::from_utf8(&e.raw);
+                prop_assert!(text.is_ok());
+                prop_assert!(serde_json::from_slice::<Value>(&e.raw).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn json_lines_of_events_come_out_as_the_same_values(
+        fields in prop::collection::vec(json_value(), 1..8),
+        pretty in any::<bool>(),
+        crlf in any::<bool>(),
+    ) {
+        let events: Vec<Value> = fields
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| serde_json::json!({"auditID": i.to_string(), "v": v}))
+            .collect();
+        let sep = if crlf { "\r\n" } else { "\n" };
+        let body = events
+            .iter()
+            .map(|e| if pretty { serde_json::to_string_pretty(e) } else { serde_json::to_string(e) }.unwrap())
+            .collect::<Vec<_>>()
+            .join(sep);
+        let d = decode(&Bytes::from(body), &DecodeOptions::default()).unwrap();
+        prop_assert_eq!(d.events.len(), events.len());
+        for (event, want) in d.events.iter().zip(&events) {
+            let back: Value = serde_json::from_slice(&event.raw).unwrap();
+            prop_assert_eq!(&back, want);
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! Reading a request body within its limits, and undoing `Content-Encoding: gzip`.
+//! Reading a request body within its limits, undoing `Content-Encoding: gzip`,
+//! and splitting the result into events.
 
 use std::io::Read;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::error::RequestError;
+use crate::decode::{self, DecodeOptions, Decoded};
 
 /// Most bytes reserved up front for a body, whatever its `Content-Length` says;
 /// the buffer grows as bytes actually arrive.
@@ -65,7 +67,7 @@ pub(crate) async fn read(
 /// # Errors
 ///
 /// [`RequestError::InvalidGzip`] or [`RequestError::DecodedTooLarge`].
-pub(crate) fn gunzip(data: &[u8], limit: u64) -> Result<Bytes, RequestError> {
+fn gunzip(data: &[u8], limit: u64) -> Result<Bytes, RequestError> {
     let mut out = Vec::with_capacity(
         (data.len() * 4)
             .min(limit as usize)
@@ -79,4 +81,28 @@ pub(crate) fn gunzip(data: &[u8], limit: u64) -> Result<Bytes, RequestError> {
         return Err(RequestError::DecodedTooLarge { limit });
     }
     Ok(Bytes::from(out))
+}
+
+/// What the handler does with a body once it has been read: undoes gzip when
+/// `gzip` is set (refusing more than `limit` bytes of output), refuses a body
+/// over `limit` bytes, and decodes it with `opts`. Returns the body the events
+/// are slices of, and the events. The fuzz targets call this to see exactly
+/// what a request would.
+///
+/// # Errors
+///
+/// [`RequestError::InvalidGzip`], [`RequestError::DecodedTooLarge`] or
+/// [`RequestError::Decode`]; nothing is returned of a refused body.
+pub fn unpack(
+    wire: Bytes,
+    gzip: bool,
+    limit: u64,
+    opts: &DecodeOptions,
+) -> Result<(Bytes, Decoded), RequestError> {
+    let body = if gzip { gunzip(&wire, limit)? } else { wire };
+    if body.len() as u64 > limit {
+        return Err(RequestError::DecodedTooLarge { limit });
+    }
+    let decoded = decode::decode(&body, opts)?;
+    Ok((body, decoded))
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::body;
 use super::error::{RequestError, json_response};
 use crate::config::HttpSourceConfig;
-use crate::decode::{self, DecodeOptions, Decoded};
+use crate::decode::{DecodeOptions, Decoded};
 use crate::metrics::Metrics;
 use crate::pipeline::{Batch, Pipeline};
 
@@ -155,18 +155,7 @@ impl Handler {
         let (limit, opts) = (self.max_decoded_bytes, self.decode);
         // gzip commonly expands audit JSON about tenfold.
         let inline = wire.len() * if gzip { 10 } else { 1 } <= INLINE_DECODE_BYTES;
-        let work = move || -> Result<(Bytes, Decoded), RequestError> {
-            let body = if gzip {
-                body::gunzip(&wire, limit)?
-            } else {
-                wire
-            };
-            if body.len() as u64 > limit {
-                return Err(RequestError::DecodedTooLarge { limit });
-            }
-            let decoded = decode::decode(&body, &opts)?;
-            Ok((body, decoded))
-        };
+        let work = move || body::unpack(wire, gzip, limit, &opts);
         let result = if inline {
             work()
         } else {

@@ -8,6 +8,7 @@ mod binary;
 mod cases;
 mod corpus;
 mod deploy;
+mod fuzz_regressions;
 mod harness;
 mod http_edge;
 mod interop;

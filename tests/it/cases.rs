@@ -32,11 +32,7 @@ fn oversize_body() -> Vec<u8> {
             )
         })
         .collect();
-    format!(
-        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
-        items.join(",")
-    )
-    .into_bytes()
+    event_list_of(&items).into_bytes()
 }
 
 #[tokio::test]

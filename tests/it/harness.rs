@@ -357,6 +357,11 @@ pub fn list(ids: std::ops::Range<u64>) -> String {
             )
         })
         .collect();
+    event_list_of(&items)
+}
+
+/// A compact `audit.k8s.io/v1` EventList of the given compact items.
+pub fn event_list_of(items: &[String]) -> String {
     format!(
         r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
         items.join(",")

@@ -19,11 +19,7 @@ pub fn batch(first: u64, n: u64) -> Vec<u8> {
             )
         })
         .collect();
-    format!(
-        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
-        items.join(",")
-    )
-    .into_bytes()
+    event_list_of(&items).into_bytes()
 }
 
 pub fn handshake_errors(m: &Metrics, reason: &str) -> f64 {

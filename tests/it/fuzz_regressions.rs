@@ -76,6 +76,8 @@ fn jsonish() -> impl Strategy<Value = Vec<u8>> {
             "-0.5",
             "123456789012345678901234567890",
             "\"items\"",
+            "\"Items\"",
+            "\"it\\u0065ms\"",
             "\"kind\"",
             "\"EventList\"",
             "\"Event\"",

@@ -92,12 +92,16 @@ fn document<'a>(doc: &'a str, items: &mut Vec<&'a str>) -> Result<(), &'static s
             let mut kind = None;
             let mut event = false;
             for (key, plain, value) in members(doc) {
-                // The decoder compares keys as written: `it\u0065ms` is not `items`.
-                match (plain, key.as_str()) {
-                    (true, "items") => list = Some(value.get()),
-                    (true, "kind") => kind = string_as_written(value.get()),
-                    (true, "auditID" | "stage" | "level" | "requestURI") => event = true,
-                    _ => {}
+                // The EventList's own keys match as Go's encoding/json matches
+                // struct fields (escapes undone, ASCII case ignored: `Items`,
+                // `it\u0065ms`); the Event fields that mark a bare Event match
+                // only as written.
+                if key.eq_ignore_ascii_case("items") {
+                    list = Some(value.get());
+                } else if key.eq_ignore_ascii_case("kind") {
+                    kind = string_as_written(value.get());
+                } else if plain && matches!(key.as_str(), "auditID" | "stage" | "level" | "requestURI") {
+                    event = true;
                 }
             }
             match (list, kind) {

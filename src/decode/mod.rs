@@ -144,7 +144,6 @@ pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError
     if start == body.len() {
         return Err(DecodeError::Empty);
     }
-    let mut idx = Vec::new();
     let mut b = Builder {
         opts,
         places: Vec::new(),
@@ -152,58 +151,30 @@ pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError
         truncated: 0,
         dropped: Vec::new(),
     };
-    match structure::index(&body[start..], start, &mut idx) {
-        Ok(()) => b.document(&Walk::new(body, &idx, body.len()))?,
-        Err(first_error) => {
-            let docs = documents(body, &idx)
-                .filter(|d| d.len() > 1)
-                .ok_or(DecodeError::Json(first_error))?;
-            for doc in docs {
-                idx.clear();
-                structure::index(&body[doc.clone()], doc.start, &mut idx)
-                    .map_err(DecodeError::Json)?;
-                b.document(&Walk::new(body, &idx, doc.end))?;
-            }
+    structure::with_index(&body[start..], start, |ix| {
+        let ix = ix.map_err(DecodeError::Json)?;
+        let w = Walk::new(body, &ix);
+        let mut root = 0;
+        for &end in ix.docs {
+            b.document(&w, root)?;
+            root = end as usize;
         }
-    }
+        Ok(())
+    })?;
     Ok(b.finish(body))
 }
 
-/// The byte ranges of the JSON texts of a body that holds several one after the
-/// other, found from the structural offsets `stage1` that simd-json's stage 1
-/// reported for the whole body. `None` when they do not split cleanly; each
-/// range is validated after.
-fn documents(body: &[u8], stage1: &[u32]) -> Option<Vec<Range<usize>>> {
-    let w = Walk::new(body, stage1, body.len());
-    let mut docs = Vec::new();
-    let mut tok = 0;
-    while tok < w.len() {
-        if matches!(w.byte(tok), b'}' | b']' | b':' | b',') {
-            return None;
-        }
-        let next = w.skip(tok);
-        let range = w.value_range(tok, next);
-        let end = if next < w.len() {
-            w.trim_end(range.end, w.pos(next))
-        } else {
-            w.trim_end(range.end, body.len())
-        };
-        docs.push(range.start..end);
-        tok = next;
-    }
-    Some(docs)
-}
-
 impl Builder<'_> {
-    fn document(&mut self, w: &Walk<'_>) -> Result<(), DecodeError> {
-        match w.byte(0) {
-            b'[' => self.items(w, 0),
+    /// Takes the events of the JSON text that starts at token `root`.
+    fn document(&mut self, w: &Walk<'_>, root: usize) -> Result<(), DecodeError> {
+        match w.byte(root) {
+            b'[' => self.items(w, root),
             b'{' => {
                 let mut items = None;
                 let mut kind = None;
                 let mut looks_like_event = false;
                 let mut records = false;
-                for m in w.members(0) {
+                for m in w.members(root) {
                     if w.key_is_like_go(&m, "items") {
                         items = Some(m.value);
                     } else if w.key_is_like_go(&m, "kind") {
@@ -222,8 +193,8 @@ impl Builder<'_> {
                     (Some(tok), _) if w.byte(tok) == b'n' => Ok(()),
                     (Some(_), _) => Err(DecodeError::NotAnEventList("`items` is not an array")),
                     (None, Some(b"EventList")) => Ok(()),
-                    (None, Some(b"Event")) => self.event(w, 0, w.skip(0)),
-                    (None, _) if looks_like_event => self.event(w, 0, w.skip(0)),
+                    (None, Some(b"Event")) => self.event(w, root, w.skip(root)),
+                    (None, _) if looks_like_event => self.event(w, root, w.skip(root)),
                     (None, _) if records => Err(DecodeError::NotAnEventList(
                         "an Azure diagnostic-settings envelope (`records`); send the events it wraps instead",
                     )),
@@ -324,22 +295,25 @@ fn read_meta(w: &Walk<'_>, tok: usize) -> EventMeta {
     };
     let mut meta = EventMeta::default();
     for m in w.members(tok) {
-        let Some(key) = w.string(m.key).map(|r| &w.body()[r]) else {
-            continue;
-        };
-        match key {
-            b"level" => meta.level = span(m.value).map(|s| Level::from_raw(s.get(w.body()))),
-            b"stage" => meta.stage = span(m.value).map(|s| Stage::from_raw(s.get(w.body()))),
-            b"auditID" => meta.audit_id = span(m.value),
-            b"verb" => meta.verb = span(m.value),
-            b"user" => {
+        // The first byte of the key picks the one field it may be.
+        let first = w.body().get(w.pos(m.key) + 1).copied().unwrap_or(0);
+        match first {
+            b'l' if w.key_is(&m, b"level") => {
+                meta.level = span(m.value).map(|s| Level::from_raw(s.get(w.body())));
+            }
+            b's' if w.key_is(&m, b"stage") => {
+                meta.stage = span(m.value).map(|s| Stage::from_raw(s.get(w.body())));
+            }
+            b'a' if w.key_is(&m, b"auditID") => meta.audit_id = span(m.value),
+            b'v' if w.key_is(&m, b"verb") => meta.verb = span(m.value),
+            b'u' if w.key_is(&m, b"user") => {
                 for u in w.members(m.value) {
                     if w.key_is(&u, b"username") {
                         meta.username = span(u.value);
                     }
                 }
             }
-            b"objectRef" => {
+            b'o' if w.key_is(&m, b"objectRef") => {
                 for o in w.members(m.value) {
                     if w.key_is(&o, b"namespace") {
                         meta.namespace = span(o.value);
@@ -348,7 +322,7 @@ fn read_meta(w: &Walk<'_>, tok: usize) -> EventMeta {
                     }
                 }
             }
-            b"responseStatus" => {
+            b'r' if w.key_is(&m, b"responseStatus") => {
                 for s in w.members(m.value) {
                     if w.key_is(&s, b"code") {
                         let raw = &w.body()[w.value_range(s.value, s.next)];

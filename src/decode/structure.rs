@@ -1,23 +1,26 @@
-//! Validation of one JSON text and the byte offsets of its structural tokens.
+//! Validation of a body of JSON texts and the byte offsets of their structural
+//! tokens, without building a value tree.
 //!
-//! simd-json does the work: its stage 1 finds every structural character
-//! (`{ } [ ] : ,`, the opening quote of each string and the first byte of each
-//! number or literal) and its stage 2 checks the grammar, the UTF-8 and the
-//! escapes. The tape it builds is thrown away: what the rest of `decode` needs is
-//! the list of structural offsets, which lets it slice items out of the request
-//! body and find the fields it routes on without building a value tree.
-//!
-//! simd-json refuses numbers it cannot represent as `f64` (`1e400`), although they
-//! are valid JSON (RFC 8259 §6 leaves range to implementations). Such a text is
-//! validated again by serde_json, which skips numbers without converting them, and
-//! its offsets and nesting depth are found by a plain byte scanner (serde_json
-//! skips values without a depth limit, so [`MAX_DEPTH`] is enforced there).
+//! simd-json's stage 1 does the byte-level work with SIMD: it validates the
+//! UTF-8, finds every string (quotes not escaped by an odd run of backslashes),
+//! refuses control characters inside strings, and lists the offset of every
+//! structural character: `{ } [ ] : ,`, the opening quote of each string and
+//! the first byte of each number or literal ([`Buffers::structural_indexes`]).
+//! Its stage 2, which builds a tape with every string unescaped and every
+//! number converted, is not what a forwarder needs: the events leave as the
+//! bytes they arrived as. So stage 2 is stopped at its first bracket (a depth
+//! limit of 0) and one pass over the structural offsets here checks the rest of
+//! RFC 8259: the grammar (§2–5), the literals (§3), the number syntax (§6; the
+//! range is left to implementations, so `1e400` is accepted as Go's
+//! `json.RawMessage` accepts it), and the string escapes (§7, surrogates
+//! paired). The same pass matches every bracket, so that skipping a value
+//! later costs one lookup, and notes where each JSON text of a JSON-lines body
+//! ends.
 
 use std::cell::RefCell;
 
-use serde::Deserialize;
 use serde::de::IgnoredAny;
-use simd_json::{Buffers, INPUT_PADDING, Tape, fill_tape_padded};
+use simd_json::{Buffers, ErrorType, INPUT_PADDING, Tape, fill_tape_padded};
 
 /// Deepest nesting of arrays and objects accepted (simd-json's own default).
 pub const MAX_DEPTH: usize = 1024;
@@ -35,76 +38,421 @@ pub struct JsonError {
     pub what: &'static str,
 }
 
-struct Parser {
-    buffers: Buffers,
-    scratch: Vec<u8>,
-    tape: Tape<'static>,
+/// The structure of a validated body: its tokens and where its texts end.
+pub(crate) struct Index<'a> {
+    /// Offset of each structural token, relative to `base`.
+    pub(crate) idx: &'a [u32],
+    /// Added to every offset in `idx` to make it an offset in the body.
+    pub(crate) base: usize,
+    /// For each token that opens an object or array, the token after the
+    /// value it starts (0 for other tokens).
+    pub(crate) next: &'a [u32],
+    /// The token after each JSON text, in order (the last is `idx.len()`).
+    pub(crate) docs: &'a [u32],
+    /// Whether whitespace sits before any token.
+    pub(crate) any_ws: bool,
+}
+
+#[derive(Default)]
+struct Scratch {
+    buffers: Option<Buffers>,
+    input: Vec<u8>,
+    tape: Option<Tape<'static>>,
+    next: Vec<u32>,
+    stack: Vec<u32>,
+    docs: Vec<u32>,
 }
 
 thread_local! {
-    static PARSER: RefCell<Option<Parser>> = const { RefCell::new(None) };
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
 
-/// Validates `text` as one JSON text and appends the offsets of its structural
-/// tokens, each plus `base`, to `out`.
+/// Validates `text` (which starts at byte `base` of the body) as one or more JSON
+/// texts separated by optional whitespace, and hands its [`Index`] to `f`.
 ///
 /// # Errors
 ///
-/// A [`JsonError`] whose offset is relative to `base` when `text` is not exactly
-/// one valid JSON text (RFC 8259) in UTF-8, or nests deeper than [`MAX_DEPTH`].
-/// `out` then holds the offsets simd-json's stage 1 found before stage 2
-/// refused the text, which show where the texts of a JSON-lines body begin.
-pub(crate) fn index(text: &[u8], base: usize, out: &mut Vec<u32>) -> Result<(), JsonError> {
-    PARSER.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let parser = slot.get_or_insert_with(|| Parser {
-            buffers: Buffers::new(64 << 10),
-            scratch: Vec::new(),
-            tape: Tape::null(),
-        });
-        let result = parser.index(text, base, out);
-        if parser.scratch.capacity() > KEEP_BUFFER_BYTES {
-            *slot = None;
+/// `f` gets a [`JsonError`], with an offset in the body, when `text` is not a
+/// sequence of valid JSON texts (RFC 8259) in UTF-8 or nests deeper than
+/// [`MAX_DEPTH`].
+pub(crate) fn with_index<R>(
+    text: &[u8],
+    base: usize,
+    f: impl FnOnce(Result<Index<'_>, JsonError>) -> R,
+) -> R {
+    SCRATCH.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let s = &mut *guard;
+        let result = s.index(text, base);
+        let out = f(result);
+        if s.input.capacity() > KEEP_BUFFER_BYTES {
+            *s = Scratch::default();
         }
-        result
+        out
     })
 }
 
-impl Parser {
-    fn index(&mut self, text: &[u8], base: usize, out: &mut Vec<u32>) -> Result<(), JsonError> {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(text);
-        self.scratch.resize(text.len() + INPUT_PADDING, 0);
-        let mut tape = std::mem::replace(&mut self.tape, Tape::null()).reset();
-        let parsed = fill_tape_padded(&mut self.scratch, text.len(), &mut self.buffers, &mut tape);
-        self.tape = tape.reset();
-        match parsed {
-            Ok(()) => {
-                let b = base as u32;
-                out.extend(self.buffers.structural_indexes().iter().map(|&i| i + b));
-                Ok(())
-            }
-            Err(e) => {
-                let refused = if *e.error() == simd_json::ErrorType::InvalidNumber {
-                    fallback(text, base, out)
-                } else {
-                    Err(JsonError {
-                        offset: base + locate(text).unwrap_or(e.index().min(text.len())),
-                        what: describe(e.error()),
-                    })
-                };
-                if refused.is_err() {
-                    let b = base as u32;
-                    out.extend(self.buffers.structural_indexes().iter().map(|&i| i + b));
+impl Scratch {
+    fn index(&mut self, text: &[u8], base: usize) -> Result<Index<'_>, JsonError> {
+        let fail = |offset: usize, what| JsonError {
+            offset: base + offset,
+            what,
+        };
+        if text.len() >= u32::MAX as usize {
+            return Err(fail(0, "request body too large to index"));
+        }
+        self.input.clear();
+        self.input.extend_from_slice(text);
+        self.input.resize(text.len() + INPUT_PADDING, 0);
+        let buffers = self
+            .buffers
+            .get_or_insert_with(|| Buffers::with_max_depth(64 << 10, 0));
+        let mut tape = self.tape.take().unwrap_or_else(Tape::null).reset();
+        let parsed = fill_tape_padded(&mut self.input, text.len(), buffers, &mut tape);
+        let stage1_ok = match &parsed {
+            Ok(()) => true,
+            Err(e) => *e.error() == ErrorType::DepthLimitExceeded,
+        };
+        let stage1_error = parsed.err().map(|e| describe(e.error()));
+        self.tape = Some(tape.reset());
+        if !stage1_ok {
+            let what = stage1_error.unwrap_or("invalid JSON syntax");
+            return Err(fail(locate(text).unwrap_or(text.len()), what));
+        }
+        let idx = buffers.structural_indexes();
+        let any_ws = validate(text, idx, &mut self.next, &mut self.stack, &mut self.docs)
+            .map_err(|(offset, what)| fail(offset, what))?;
+        Ok(Index {
+            idx,
+            base,
+            next: &self.next,
+            docs: &self.docs,
+            any_ws,
+        })
+    }
+}
+
+/// JSON whitespace (RFC 8259 §2).
+pub(crate) fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Where the grammar is, between two tokens.
+#[derive(Clone, Copy)]
+enum State {
+    /// A value starts at the next token.
+    Value,
+    /// A member (key, colon, value) of an object starts at the next token.
+    Member,
+    /// A value has just ended: next is `,`, a closing bracket, or (at the top
+    /// level) the next text or the end.
+    After,
+}
+
+const SYNTAX: &str = "invalid JSON syntax";
+const END: &str = "unexpected end of input";
+
+/// Checks the tokens `idx` of `text` (already through simd-json's stage 1)
+/// against the JSON grammar; fills `next` (the token after each value, for the
+/// tokens that open an object or array) and `docs` (the token after each
+/// text). Returns whether whitespace sits before any token, or the offset and
+/// nature of the first fault.
+///
+/// The loop follows the shape of the data rather than one token at a time: the
+/// members of an object whose values are scalars, the bulk of an audit event,
+/// are checked key, colon, value and comma in one step.
+fn validate(
+    text: &[u8],
+    idx: &[u32],
+    next: &mut Vec<u32>,
+    stack: &mut Vec<u32>,
+    docs: &mut Vec<u32>,
+) -> Result<bool, (usize, &'static str)> {
+    let n = idx.len();
+    next.clear();
+    next.resize(n, 0);
+    stack.clear();
+    docs.clear();
+    let mut strings = Strings::new(text);
+    let mut any_ws = false;
+    // Position and byte of token `t`; past the last token, the end and 0.
+    let tok = |t: usize| match idx.get(t) {
+        Some(&p) => (p as usize, text.get(p as usize).copied().unwrap_or(0)),
+        None => (text.len(), 0),
+    };
+    let start_of = |t: usize| idx.get(t).map_or(text.len(), |&p| p as usize);
+    let ws_before = |p: usize| p > 0 && p <= text.len() && is_ws(text[p - 1]);
+    let fault = |p: usize| {
+        if p >= text.len() {
+            (p, END)
+        } else {
+            (p, SYNTAX)
+        }
+    };
+    let mut t = 0;
+    let mut state = State::Value;
+    loop {
+        match state {
+            State::Value => {
+                let (p, c) = tok(t);
+                any_ws |= ws_before(p);
+                match c {
+                    b'{' | b'[' => {
+                        if stack.len() >= MAX_DEPTH {
+                            return Err((p, "nested too deeply"));
+                        }
+                        stack.push(t as u32);
+                        let (q, d) = tok(t + 1);
+                        if d == c + 2 {
+                            // `{}` or `[]` (`}` is `{` + 2, `]` is `[` + 2).
+                            any_ws |= ws_before(q);
+                            stack.pop();
+                            next[t] = t as u32 + 2;
+                            t += 2;
+                            state = State::After;
+                        } else {
+                            t += 1;
+                            state = if c == b'{' {
+                                State::Member
+                            } else {
+                                State::Value
+                            };
+                        }
+                        continue;
+                    }
+                    _ => scalar(text, p, c, start_of(t + 1), &mut strings)?,
                 }
-                refused
+                t += 1;
+                state = State::After;
+            }
+            State::Member => loop {
+                let (p, c) = tok(t);
+                if c != b'"' {
+                    return Err(fault(p));
+                }
+                any_ws |= ws_before(p);
+                strings.check(p, start_of(t + 1))?;
+                let (q, d) = tok(t + 1);
+                if d != b':' {
+                    return Err(fault(q));
+                }
+                any_ws |= ws_before(q);
+                let (v, e) = tok(t + 2);
+                if matches!(e, b'{' | b'[') {
+                    t += 2;
+                    state = State::Value;
+                    break;
+                }
+                any_ws |= ws_before(v);
+                scalar(text, v, e, start_of(t + 3), &mut strings)?;
+                t += 3;
+                let (r, f) = tok(t);
+                any_ws |= ws_before(r);
+                match f {
+                    b',' => t += 1,
+                    b'}' => {
+                        let open = stack.pop().unwrap_or_default();
+                        next[open as usize] = t as u32 + 1;
+                        t += 1;
+                        state = State::After;
+                        break;
+                    }
+                    _ => return Err(fault(r)),
+                }
+            },
+            State::After => {
+                let Some(&open) = stack.last() else {
+                    docs.push(t as u32);
+                    if t >= n {
+                        return Ok(any_ws);
+                    }
+                    state = State::Value;
+                    continue;
+                };
+                let (p, c) = tok(t);
+                any_ws |= ws_before(p);
+                let opener = text[idx[open as usize] as usize];
+                match c {
+                    b',' => {
+                        state = if opener == b'{' {
+                            State::Member
+                        } else {
+                            State::Value
+                        };
+                    }
+                    b'}' | b']' if c == opener + 2 => {
+                        stack.pop();
+                        next[open as usize] = t as u32 + 1;
+                    }
+                    _ => return Err(fault(p)),
+                }
+                t += 1;
             }
         }
     }
 }
 
-/// Where serde_json finds the fault in `text`, as a byte offset: simd-json
-/// often reports offset 0. Only on the error path.
+/// Checks the scalar token at `p` whose first byte is `c`; the next token
+/// starts at `end`.
+fn scalar(
+    text: &[u8],
+    p: usize,
+    c: u8,
+    end: usize,
+    strings: &mut Strings<'_>,
+) -> Result<(), (usize, &'static str)> {
+    match c {
+        b'"' => strings.check(p, end),
+        b'-' | b'0'..=b'9' => {
+            if is_number(&text[p..trim_end(text, p, end)]) {
+                Ok(())
+            } else {
+                Err((p, "invalid number"))
+            }
+        }
+        b't' | b'f' | b'n' => {
+            if matches!(
+                &text[p..trim_end(text, p, end)],
+                b"true" | b"false" | b"null"
+            ) {
+                Ok(())
+            } else {
+                Err((p, SYNTAX))
+            }
+        }
+        _ if p >= text.len() => Err((p, END)),
+        _ => Err((p, SYNTAX)),
+    }
+}
+
+/// The escapes of every string of a text, checked in order of position: the
+/// backslashes are found by one `memchr` pass over the whole text, so a
+/// string without one costs a comparison.
+struct Strings<'a> {
+    text: &'a [u8],
+    rest: memchr::Memchr<'a>,
+    /// The next backslash not yet accounted for.
+    backslash: usize,
+}
+
+impl<'a> Strings<'a> {
+    fn new(text: &'a [u8]) -> Self {
+        let mut rest = memchr::memchr_iter(b'\\', text);
+        let backslash = rest.next().unwrap_or(usize::MAX);
+        Self {
+            text,
+            rest,
+            backslash,
+        }
+    }
+
+    /// Checks the string that opens at `open`; the next token starts at `end`
+    /// (stage 1 found the string closed, so its closing quote is the last
+    /// byte before `end` that is not whitespace).
+    fn check(&mut self, open: usize, end: usize) -> Result<(), (usize, &'static str)> {
+        if self.backslash >= end {
+            return Ok(());
+        }
+        let text = self.text;
+        let close = trim_end(text, open, end).saturating_sub(1);
+        if close <= open || text[close] != b'"' {
+            return Err((open, SYNTAX));
+        }
+        while self.backslash < close {
+            let at = self.backslash;
+            let past = if at > open {
+                at + escape_len(text, at, close).ok_or((at, "invalid string escape"))?
+            } else {
+                // Outside any string: the grammar refuses the token it is in.
+                at + 1
+            };
+            self.backslash = self.rest.find(|&b| b >= past).unwrap_or(usize::MAX);
+        }
+        Ok(())
+    }
+}
+
+/// `end` moved back over whitespace, not before `start`.
+fn trim_end(text: &[u8], start: usize, mut end: usize) -> usize {
+    while end > start && is_ws(text[end - 1]) {
+        end -= 1;
+    }
+    end
+}
+
+/// Length of the escape sequence at `at` (a backslash) in a string whose
+/// closing quote is at `close`, or `None` if it is not a valid escape: one of
+/// `\" \\ \/ \b \f \n \r \t`, or `\uXXXX` that is not half of a surrogate pair,
+/// or a high surrogate escape followed by a low one.
+fn escape_len(text: &[u8], at: usize, close: usize) -> Option<usize> {
+    match text.get(at + 1)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(2),
+        b'u' => {
+            let unit = hex4(text, at + 2, close)?;
+            match unit {
+                0xD800..=0xDBFF => {
+                    if text.get(at + 6..at + 8)? != b"\\u" {
+                        return None;
+                    }
+                    let low = hex4(text, at + 8, close)?;
+                    (0xDC00..=0xDFFF).contains(&low).then_some(12)
+                }
+                0xDC00..=0xDFFF => None,
+                _ => Some(6),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The four hex digits at `at`, all before `close`.
+fn hex4(text: &[u8], at: usize, close: usize) -> Option<u32> {
+    if at + 4 > close {
+        return None;
+    }
+    text[at..at + 4].iter().try_fold(0u32, |acc, &b| {
+        let d = (b as char).to_digit(16)?;
+        Some(acc << 4 | d)
+    })
+}
+
+/// Whether `s` is a JSON number (RFC 8259 §6):
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn is_number(s: &[u8]) -> bool {
+    let digits = |mut i: usize| {
+        let from = i;
+        while s.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i > from).then_some(i)
+    };
+    let mut i = usize::from(s.first() == Some(&b'-'));
+    i = match s.get(i) {
+        Some(b'0') => i + 1,
+        Some(b'1'..=b'9') => digits(i).unwrap_or(i),
+        _ => return false,
+    };
+    if s.get(i) == Some(&b'.') {
+        let Some(j) = digits(i + 1) else {
+            return false;
+        };
+        i = j;
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(s.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let Some(j) = digits(i) else {
+            return false;
+        };
+        i = j;
+    }
+    i == s.len()
+}
+
+/// Where serde_json finds the fault in `text`, as a byte offset: simd-json's
+/// stage 1 does not say where. Only on the error path.
 fn locate(text: &[u8]) -> Option<usize> {
     if let Err(e) = std::str::from_utf8(text) {
         return Some(e.valid_up_to());
@@ -118,7 +466,7 @@ fn locate(text: &[u8]) -> Option<usize> {
     Some((line_start + e.column().saturating_sub(1)).min(text.len()))
 }
 
-fn describe(kind: &simd_json::ErrorType) -> &'static str {
+fn describe(kind: &ErrorType) -> &'static str {
     use simd_json::ErrorType as E;
     match kind {
         E::Eof => "unexpected end of input",
@@ -128,81 +476,8 @@ fn describe(kind: &simd_json::ErrorType) -> &'static str {
         }
         E::InvalidNumber | E::InvalidExponent => "invalid number",
         E::TrailingData => "data after the JSON value",
-        E::DepthLimitExceeded => "nested too deeply",
         _ => "invalid JSON syntax",
     }
-}
-
-/// Validates with serde_json (numbers are checked for syntax, not range) and finds
-/// the structural offsets with a byte scanner.
-fn fallback(text: &[u8], base: usize, out: &mut Vec<u32>) -> Result<(), JsonError> {
-    let invalid = |what| JsonError { offset: base, what };
-    let text_str = std::str::from_utf8(text).map_err(|e| JsonError {
-        offset: base + e.valid_up_to(),
-        what: "invalid UTF-8",
-    })?;
-    let mut de = serde_json::Deserializer::from_str(text_str);
-    IgnoredAny::deserialize(&mut de).map_err(|_| invalid("invalid JSON syntax"))?;
-    de.end().map_err(|_| invalid("data after the JSON value"))?;
-    let from = out.len();
-    if scan(text, base, out) > MAX_DEPTH {
-        out.truncate(from);
-        return Err(invalid("nested too deeply"));
-    }
-    Ok(())
-}
-
-/// Structural offsets of a text already known to be valid JSON, found byte by
-/// byte: the same set that simd-json's stage 1 reports. Returns the deepest
-/// nesting of arrays and objects, which serde_json's skipping does not limit.
-fn scan(text: &[u8], base: usize, out: &mut Vec<u32>) -> usize {
-    let (mut i, mut depth, mut deepest) = (0, 0usize, 0);
-    while i < text.len() {
-        match text[i] {
-            b'{' | b'}' | b'[' | b']' | b':' | b',' => {
-                match text[i] {
-                    b'{' | b'[' => {
-                        depth += 1;
-                        deepest = deepest.max(depth);
-                    }
-                    b'}' | b']' => depth = depth.saturating_sub(1),
-                    _ => {}
-                }
-                out.push((base + i) as u32);
-                i += 1;
-            }
-            b'"' => {
-                out.push((base + i) as u32);
-                i += 1;
-                while i < text.len() && text[i] != b'"' {
-                    i += if text[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
-            _ => {
-                out.push((base + i) as u32);
-                while i < text.len()
-                    && !matches!(
-                        text[i],
-                        b'{' | b'}'
-                            | b'['
-                            | b']'
-                            | b':'
-                            | b','
-                            | b'"'
-                            | b' '
-                            | b'\t'
-                            | b'\n'
-                            | b'\r'
-                    )
-                {
-                    i += 1;
-                }
-            }
-        }
-    }
-    deepest
 }
 
 #[cfg(test)]
@@ -210,20 +485,32 @@ mod tests {
     use super::*;
 
     fn offsets(text: &str) -> Result<Vec<u32>, JsonError> {
-        let mut out = Vec::new();
-        index(text.as_bytes(), 0, &mut out).map(|()| out)
+        with_index(text.as_bytes(), 0, |r| r.map(|ix| ix.idx.to_vec()))
+    }
+
+    fn docs(text: &str) -> Result<Vec<u32>, JsonError> {
+        with_index(text.as_bytes(), 0, |r| r.map(|ix| ix.docs.to_vec()))
+    }
+
+    fn refusal(text: &str) -> &'static str {
+        offsets(text).unwrap_err().what
     }
 
     #[test]
-    fn scanner_agrees_with_simd_json() {
-        for text in [
-            r#"{"a": [1, "x y", true ,null], "b":{}}"#,
+    fn valid_texts_and_their_tokens() {
+        assert_eq!(
+            offsets(r#"{"a": [1, "x y", true ,null], "b":{}}"#).unwrap(),
+            vec![
+                0, 1, 4, 6, 7, 8, 10, 15, 17, 22, 23, 27, 28, 30, 33, 34, 35, 36
+            ]
+        );
+        for ok in [
             r#"[ "a\"b\\", -1.5e3 , {"k" : "v"} ]"#,
             r#"  "just a string"  "#,
+            r#"["\u00e9\ud83d\ude00\/\b\f\n\r\t", 0, -0.0e-0, 1E+9, 10]"#,
+            "[[],{},[{}],\"\"]",
         ] {
-            let mut scanned = Vec::new();
-            scan(text.as_bytes(), 0, &mut scanned);
-            assert_eq!(offsets(text).unwrap(), scanned, "{text}");
+            assert!(offsets(ok).is_ok(), "{ok}");
         }
     }
 
@@ -233,34 +520,74 @@ mod tests {
             offsets(r#"{"n":1e400,"m":123456789012345678901234567890}"#).unwrap(),
             vec![0, 1, 4, 5, 10, 11, 14, 15, 45]
         );
-        assert_eq!(offsets("[1e400,").unwrap_err().what, "invalid JSON syntax");
+        assert_eq!(refusal("[1e400,"), "unexpected end of input");
     }
 
     #[test]
-    fn numbers_out_of_f64_range_do_not_lift_the_depth_limit() {
-        // The number comes first, so simd-json refuses it before it sees the depth.
+    fn the_depth_limit_holds_whatever_comes_first() {
         let nested = |levels: usize, leaf: &str| {
             let inner = levels - 1;
             format!("[{leaf},{}{}]", "[".repeat(inner), "]".repeat(inner))
         };
-        for leaf in ["1", "1e400"] {
+        for leaf in ["1", "1e400", "\"x\""] {
             assert!(offsets(&nested(MAX_DEPTH, leaf)).is_ok(), "{leaf}");
+            assert_eq!(refusal(&nested(MAX_DEPTH + 1, leaf)), "nested too deeply");
+        }
+        assert_eq!(refusal(&"[".repeat(MAX_DEPTH + 1)), "nested too deeply");
+    }
+
+    #[test]
+    fn texts_one_after_the_other_are_each_noted() {
+        assert_eq!(docs("{\"a\":1}\n[2]\r\n\n{}").unwrap(), vec![5, 8, 10]);
+        assert_eq!(docs("[1][2]").unwrap(), vec![3, 6]);
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        for (text, what) in [
+            ("{\"a\":\"x\ny\"}", "invalid JSON syntax"),
+            ("", "unexpected end of input"),
+            ("[1,]", "invalid JSON syntax"),
+            ("[1 2]", "invalid JSON syntax"),
+            ("{\"a\" 1}", "invalid JSON syntax"),
+            ("{\"a\":1,}", "invalid JSON syntax"),
+            ("{1:2}", "invalid JSON syntax"),
+            ("[1}", "invalid JSON syntax"),
+            ("{\"a\":1]", "invalid JSON syntax"),
+            ("]", "invalid JSON syntax"),
+            ("[tru]", "invalid JSON syntax"),
+            ("[nulll]", "invalid JSON syntax"),
+            ("[01]", "invalid number"),
+            ("[1.]", "invalid number"),
+            ("[.5]", "invalid JSON syntax"),
+            ("[1e]", "invalid number"),
+            ("[-]", "invalid number"),
+            ("[+1]", "invalid JSON syntax"),
+            ("[\"\\x\"]", "invalid string escape"),
+            ("[\"\\u12\"]", "invalid string escape"),
+            ("[\"\\u12g4\"]", "invalid string escape"),
+            ("[\"\\ud800\"]", "invalid string escape"),
+            ("[\"\\udc00\"]", "invalid string escape"),
+            ("[\"\\ud800\\u0041\"]", "invalid string escape"),
+            ("[\"x\"\"y\"]", "invalid JSON syntax"),
+            ("[\"x\"y]", "invalid JSON syntax"),
+            ("[1]]", "invalid JSON syntax"),
+            ("[\\]", "invalid JSON syntax"),
+            ("{\"a\":[}", "invalid JSON syntax"),
+        ] {
             assert_eq!(
-                offsets(&nested(MAX_DEPTH + 1, leaf)).unwrap_err().what,
-                "nested too deeply",
-                "{leaf}"
+                offsets(text).map(|_| ()).unwrap_err().what,
+                what,
+                "{text:?}"
             );
         }
     }
 
     #[test]
-    fn refusals_say_what_is_wrong() {
-        assert_eq!(
-            offsets("{\"a\":\"x\ny\"}").unwrap_err().what,
-            "invalid JSON syntax"
-        );
-        assert_eq!(offsets("[1] [2]").unwrap_err().what, "invalid JSON syntax");
-        assert!(offsets("").is_err());
-        assert!(offsets(&"[".repeat(MAX_DEPTH + 1)).is_err());
+    fn faults_are_found_where_they_are() {
+        let at = |text: &str| offsets(text).unwrap_err().offset;
+        assert_eq!(at("[1,\n  tru]"), 6);
+        assert_eq!(at("{\"a\":\"\\q\"}"), 6);
+        assert_eq!(at("[1,2"), 4);
     }
 }

@@ -7,55 +7,33 @@
 
 use std::ops::Range;
 
-/// JSON whitespace (RFC 8259 §2).
-pub(crate) fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
+use super::structure::Index;
+pub(crate) use super::structure::is_ws;
 
-/// A validated JSON text: the body and the structural offsets of the text's tokens.
+/// A validated body: its bytes and the structure [`super::structure`] found.
 pub(crate) struct Walk<'a> {
     body: &'a [u8],
     idx: &'a [u32],
+    /// Added to each entry of `idx` to make it an offset in `body`.
+    base: usize,
     /// One past the last byte of the text.
     end: usize,
-    /// For each token, the token after the value it starts.
-    next: Vec<u32>,
+    /// For each token that opens an object or array, the token after its value.
+    next: &'a [u32],
     /// Whether any token has whitespace before it.
     any_ws: bool,
 }
 
 impl<'a> Walk<'a> {
-    /// A walk over the tokens `idx` of the text ending at byte `end` of `body`.
-    /// One pass over the tokens matches every bracket, so that skipping a
-    /// value later costs nothing; unbalanced brackets (possible only in the
-    /// offsets of a text that failed validation) skip to the end.
-    pub(crate) fn new(body: &'a [u8], idx: &'a [u32], end: usize) -> Self {
-        let n = idx.len();
-        let mut next: Vec<u32> = (1..=n as u32).collect();
-        let mut open: Vec<u32> = Vec::new();
-        let mut any_ws = false;
-        for (t, &p) in idx.iter().enumerate() {
-            let p = p as usize;
-            any_ws |= p > 0 && body.get(p - 1).copied().is_some_and(is_ws);
-            match body.get(p) {
-                Some(b'{' | b'[') => open.push(t as u32),
-                Some(b'}' | b']') => {
-                    if let Some(o) = open.pop() {
-                        next[o as usize] = t as u32 + 1;
-                    }
-                }
-                _ => {}
-            }
-        }
-        for o in open {
-            next[o as usize] = n as u32;
-        }
+    /// A walk over the body `body` whose structure is `ix`.
+    pub(crate) fn new(body: &'a [u8], ix: &Index<'a>) -> Self {
         Self {
             body,
-            idx,
-            end,
-            next,
-            any_ws,
+            idx: ix.idx,
+            base: ix.base,
+            end: body.len(),
+            next: ix.next,
+            any_ws: ix.any_ws,
         }
     }
 
@@ -78,7 +56,9 @@ impl<'a> Walk<'a> {
     }
 
     pub(crate) fn pos(&self, tok: usize) -> usize {
-        self.idx.get(tok).map_or(self.end, |&p| p as usize)
+        self.idx
+            .get(tok)
+            .map_or(self.end, |&p| p as usize + self.base)
     }
 
     pub(crate) fn byte(&self, tok: usize) -> u8 {
@@ -87,7 +67,11 @@ impl<'a> Walk<'a> {
 
     /// The token after the value that starts at `tok`.
     pub(crate) fn skip(&self, tok: usize) -> usize {
-        self.next.get(tok).map_or(tok + 1, |&n| n as usize)
+        if matches!(self.byte(tok), b'{' | b'[') {
+            self.next.get(tok).map_or(tok + 1, |&n| n as usize)
+        } else {
+            tok + 1
+        }
     }
 
     /// Bytes of the value made of tokens `tok..next`, without surrounding whitespace.
@@ -112,11 +96,12 @@ impl<'a> Walk<'a> {
     /// The content of the string token `tok` (between its quotes, escapes as
     /// received), or `None` if `tok` is not a string.
     pub(crate) fn string(&self, tok: usize) -> Option<Range<usize>> {
-        if self.byte(tok) != b'"' {
+        let p = self.pos(tok);
+        if self.body.get(p) != Some(&b'"') {
             return None;
         }
-        let r = self.value_range(tok, tok + 1);
-        (r.len() >= 2).then(|| r.start + 1..r.end - 1)
+        let end = self.trim_end(p, self.pos(tok + 1));
+        (end >= p + 2).then(|| p + 1..end - 1)
     }
 
     /// The members of the object that starts at token `tok`.
@@ -153,8 +138,14 @@ impl<'a> Walk<'a> {
     }
 
     /// Whether the key token of `m` is the string `key` written without escapes.
+    ///
+    /// `key` must not end with a backslash: then the quote after its bytes,
+    /// if there is one, is the string's closing quote.
     pub(crate) fn key_is(&self, m: &Member, key: &[u8]) -> bool {
-        self.string(m.key).is_some_and(|r| &self.body[r] == key)
+        let p = self.pos(m.key);
+        self.body.get(p) == Some(&b'"')
+            && self.body.get(p + 1..p + 1 + key.len()) == Some(key)
+            && self.body.get(p + 1 + key.len()) == Some(&b'"')
     }
 
     /// Whether the key of `m` is `key` the way Go's `encoding/json` matches

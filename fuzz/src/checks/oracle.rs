@@ -100,7 +100,9 @@ fn document<'a>(doc: &'a str, items: &mut Vec<&'a str>) -> Result<(), &'static s
                     list = Some(value.get());
                 } else if key.eq_ignore_ascii_case("kind") {
                     kind = string_as_written(value.get());
-                } else if plain && matches!(key.as_str(), "auditID" | "stage" | "level" | "requestURI") {
+                } else if plain
+                    && matches!(key.as_str(), "auditID" | "stage" | "level" | "requestURI")
+                {
                     event = true;
                 }
             }

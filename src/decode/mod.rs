@@ -123,7 +123,8 @@ struct Builder<'o> {
     dropped: Vec<DroppedEvent>,
 }
 
-/// Splits `body` into events.
+/// Splits `body` into events. The body is copied once into a buffer that
+/// simd-json can read past the end of; [`decode_owned`] avoids that copy.
 ///
 /// # Errors
 ///
@@ -131,6 +132,45 @@ struct Builder<'o> {
 /// holds more than `opts.max_events` events. Nothing is returned for a refused
 /// body: a request is accepted whole or not at all.
 pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
+    let start = first_token(body)?;
+    structure::with_index(&body[start..], start, |ix| split(body, ix, opts))
+}
+
+/// Space to leave free after a body in its buffer so that [`decode_owned`]
+/// validates it where it lies (simd-json's input padding).
+pub const BODY_PADDING: usize = structure::PADDING;
+
+/// Like [`decode`], for a body the caller hands over: when it is the only
+/// reference to its buffer (as a body just read from a socket or gunzipped
+/// is), the body is validated where it lies, without a copy, using
+/// [`BODY_PADDING`] bytes of spare capacity (the buffer is grown if it has
+/// none). Returns the body (the events are slices of it) with the result.
+///
+/// # Errors
+///
+/// As [`decode`].
+pub fn decode_owned(body: Bytes, opts: &DecodeOptions) -> (Bytes, Result<Decoded, DecodeError>) {
+    let start = match first_token(&body) {
+        Ok(start) => start,
+        Err(e) => return (body, Err(e)),
+    };
+    // A text that opens with a scalar goes through simd-json's stage 2, which
+    // unescapes in place: that one is validated in a copy.
+    if !matches!(body[start], b'{' | b'[') {
+        let result = decode(&body, opts);
+        return (body, result);
+    }
+    match body.try_into_mut() {
+        Ok(buf) => structure::with_index_in_place(buf, start, |body, ix| split(body, ix, opts)),
+        Err(body) => {
+            let result = decode(&body, opts);
+            (body, result)
+        }
+    }
+}
+
+/// Offset of the first byte after a leading byte order mark and whitespace.
+fn first_token(body: &[u8]) -> Result<usize, DecodeError> {
     let start = if body.starts_with(b"\xEF\xBB\xBF") {
         3
     } else {
@@ -144,6 +184,16 @@ pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError
     if start == body.len() {
         return Err(DecodeError::Empty);
     }
+    Ok(start)
+}
+
+/// The events of `body`, whose structure is `ix`.
+fn split(
+    body: &Bytes,
+    ix: Result<structure::Index<'_>, JsonError>,
+    opts: &DecodeOptions,
+) -> Result<Decoded, DecodeError> {
+    let ix = ix.map_err(DecodeError::Json)?;
     let mut b = Builder {
         opts,
         places: Vec::new(),
@@ -151,16 +201,12 @@ pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError
         truncated: 0,
         dropped: Vec::new(),
     };
-    structure::with_index(&body[start..], start, |ix| {
-        let ix = ix.map_err(DecodeError::Json)?;
-        let w = Walk::new(body, &ix);
-        let mut root = 0;
-        for &end in ix.docs {
-            b.document(&w, root)?;
-            root = end as usize;
-        }
-        Ok(())
-    })?;
+    let w = Walk::new(body, &ix);
+    let mut root = 0;
+    for &end in ix.docs {
+        b.document(&w, root)?;
+        root = end as usize;
+    }
     Ok(b.finish(body))
 }
 

@@ -19,6 +19,8 @@
 
 use std::cell::RefCell;
 
+use bytes::{Bytes, BytesMut};
+
 use serde::de::IgnoredAny;
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Tape, fill_tape_padded};
 
@@ -53,10 +55,22 @@ pub(crate) struct Index<'a> {
     pub(crate) any_ws: bool,
 }
 
+/// Space a buffer must have after the text for [`with_index_in_place`]: the
+/// reads of simd-json's stage 1 run this far past the end (its
+/// `INPUT_PADDING`).
+pub(crate) const PADDING: usize = INPUT_PADDING;
+
+/// A padded copy of the text, for texts that arrive borrowed.
 #[derive(Default)]
 struct Scratch {
-    buffers: Option<Buffers>,
     input: Vec<u8>,
+    work: Work,
+}
+
+/// The buffers one validation fills, reused from one request to the next.
+#[derive(Default)]
+struct Work {
+    buffers: Option<Buffers>,
     tape: Option<Tape<'static>>,
     next: Vec<u32>,
     stack: Vec<u32>,
@@ -69,6 +83,7 @@ thread_local! {
 
 /// Validates `text` (which starts at byte `base` of the body) as one or more JSON
 /// texts separated by optional whitespace, and hands its [`Index`] to `f`.
+/// The text is copied once, into a padded buffer kept for the next call.
 ///
 /// # Errors
 ///
@@ -82,42 +97,83 @@ pub(crate) fn with_index<R>(
 ) -> R {
     SCRATCH.with(|cell| {
         let mut guard = cell.borrow_mut();
-        let s = &mut *guard;
-        let result = s.index(text, base);
-        let out = f(result);
-        if s.input.capacity() > KEEP_BUFFER_BYTES {
-            *s = Scratch::default();
+        let Scratch { input, work } = &mut *guard;
+        input.clear();
+        input.extend_from_slice(text);
+        input.resize(text.len() + PADDING, 0);
+        let out = f(work.index(input, text.len(), base));
+        if guard.input.capacity() > KEEP_BUFFER_BYTES {
+            *guard = Scratch::default();
         }
         out
     })
 }
 
-impl Scratch {
-    fn index(&mut self, text: &[u8], base: usize) -> Result<Index<'_>, JsonError> {
+/// Like [`with_index`] for a body held in `buf` (text from byte `base` on,
+/// which must open an object or array), validated where it lies: `buf` is
+/// grown by [`PADDING`] bytes (without a copy when it has the spare capacity),
+/// then cut back and frozen, and `f` gets the frozen body with the index.
+/// Returns the frozen body and what `f` returned.
+///
+/// # Errors
+///
+/// As [`with_index`].
+pub(crate) fn with_index_in_place<R>(
+    mut buf: BytesMut,
+    base: usize,
+    f: impl FnOnce(&Bytes, Result<Index<'_>, JsonError>) -> R,
+) -> (Bytes, R) {
+    SCRATCH.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let len = buf.len();
+        buf.resize(len + PADDING, 0);
+        // With an object or array first, stage 2 stops at that bracket, so
+        // nothing is written into the text (see `Work::index`).
+        let result = guard.work.index(&mut buf[base..], len - base, base);
+        buf.truncate(len);
+        let body = buf.freeze();
+        let out = f(&body, result);
+        if guard.work.next.capacity() > KEEP_BUFFER_BYTES / 4 {
+            *guard = Scratch::default();
+        }
+        (body, out)
+    })
+}
+
+impl Work {
+    /// Validates `padded[..len]` (`padded` has [`PADDING`] more bytes, of any
+    /// value). Stage 2 runs with a depth limit of 0, so for a text that opens
+    /// with a bracket it stops there, having written nothing; a text that
+    /// opens with a scalar goes through stage 2, which may unescape strings
+    /// in place (such a text is refused by the caller anyway).
+    fn index(
+        &mut self,
+        padded: &mut [u8],
+        len: usize,
+        base: usize,
+    ) -> Result<Index<'_>, JsonError> {
         let fail = |offset: usize, what| JsonError {
             offset: base + offset,
             what,
         };
-        if text.len() >= u32::MAX as usize {
+        if len >= u32::MAX as usize {
             return Err(fail(0, "request body too large to index"));
         }
-        self.input.clear();
-        self.input.extend_from_slice(text);
-        self.input.resize(text.len() + INPUT_PADDING, 0);
         let buffers = self
             .buffers
             .get_or_insert_with(|| Buffers::with_max_depth(64 << 10, 0));
         let mut tape = self.tape.take().unwrap_or_else(Tape::null).reset();
-        let parsed = fill_tape_padded(&mut self.input, text.len(), buffers, &mut tape);
+        let parsed = fill_tape_padded(padded, len, buffers, &mut tape);
         let stage1_ok = match &parsed {
             Ok(()) => true,
             Err(e) => *e.error() == ErrorType::DepthLimitExceeded,
         };
         let stage1_error = parsed.err().map(|e| describe(e.error()));
         self.tape = Some(tape.reset());
+        let text = &padded[..len];
         if !stage1_ok {
             let what = stage1_error.unwrap_or("invalid JSON syntax");
-            return Err(fail(locate(text).unwrap_or(text.len()), what));
+            return Err(fail(locate(text).unwrap_or(len), what));
         }
         let idx = buffers.structural_indexes();
         let any_ws = validate(text, idx, &mut self.next, &mut self.stack, &mut self.docs)
@@ -294,6 +350,7 @@ fn validate(
 
 /// Checks the scalar token at `p` whose first byte is `c`; the next token
 /// starts at `end`.
+#[inline(always)]
 fn scalar(
     text: &[u8],
     p: usize,
@@ -349,10 +406,17 @@ impl<'a> Strings<'a> {
     /// Checks the string that opens at `open`; the next token starts at `end`
     /// (stage 1 found the string closed, so its closing quote is the last
     /// byte before `end` that is not whitespace).
+    #[inline(always)]
     fn check(&mut self, open: usize, end: usize) -> Result<(), (usize, &'static str)> {
         if self.backslash >= end {
             return Ok(());
         }
+        self.check_escapes(open, end)
+    }
+
+    /// [`Strings::check`] for a string that may hold a backslash.
+    #[inline(never)]
+    fn check_escapes(&mut self, open: usize, end: usize) -> Result<(), (usize, &'static str)> {
         let text = self.text;
         let close = trim_end(text, open, end).saturating_sub(1);
         if close <= open || text[close] != b'"' {

@@ -334,3 +334,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn owned_bodies_are_validated_in_place_and_left_as_they_were() {
+    let texts = [
+        r#"{"kind":"EventList","items":[{"a":"x\"y\u00e9"},{"b":[1e400,null]}]}"#,
+        "\u{feff} [{\"auditID\":\"1\"}]\n{\"auditID\":\"2\"}\n",
+        "{\"items\":[{\"a\":1},\n {\"b\":tru}]}",
+        r#""a scalar \n text""#,
+        "{\"a\":\"\\ud800\"}",
+    ];
+    for text in texts {
+        let want = decode(
+            &Bytes::copy_from_slice(text.as_bytes()),
+            &DecodeOptions::default(),
+        );
+        // A unique buffer with no spare room, and one shared with a clone.
+        let unique = Bytes::from(text.as_bytes().to_vec());
+        let shared = Bytes::copy_from_slice(text.as_bytes());
+        let keep = shared.clone();
+        for body in [unique, shared] {
+            let (body, got) = decode_owned(body, &DecodeOptions::default());
+            assert_eq!(&body[..], text.as_bytes(), "the body changed: {text}");
+            match (&want, got) {
+                (Ok(want), Ok(got)) => {
+                    let lines =
+                        |d: &Decoded| d.events.iter().map(|e| e.raw.clone()).collect::<Vec<_>>();
+                    assert_eq!(lines(want), lines(&got), "{text}");
+                    let range = body.as_ptr_range();
+                    for e in got.events.iter().filter(|e| !e.raw.is_empty()) {
+                        assert!(
+                            range.contains(&e.raw.as_ptr()),
+                            "not a slice of the body: {text}"
+                        );
+                    }
+                }
+                (Err(want), Err(got)) => assert_eq!(*want, got, "{text}"),
+                (want, got) => panic!("{text}: {want:?} but {got:?}"),
+            }
+        }
+        drop(keep);
+    }
+}

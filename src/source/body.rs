@@ -45,8 +45,11 @@ pub(crate) async fn read(
                 buf.extend_from_slice(&data);
             } else if let Some(previous) = first.take() {
                 let hint = declared.unwrap_or(0).min(limit) as usize;
-                let mut buf =
-                    BytesMut::with_capacity(hint.min(INITIAL_RESERVE).max(total as usize));
+                // Room for the decoder's padding too, so that it validates the
+                // body where it lies.
+                let mut buf = BytesMut::with_capacity(
+                    hint.min(INITIAL_RESERVE).max(total as usize) + decode::BODY_PADDING,
+                );
                 buf.extend_from_slice(&previous);
                 buf.extend_from_slice(&data);
                 joined = Some(buf);
@@ -71,7 +74,8 @@ fn gunzip(data: &[u8], limit: u64) -> Result<Bytes, RequestError> {
     let mut out = Vec::with_capacity(
         (data.len() * 4)
             .min(limit as usize)
-            .min(INITIAL_RESERVE * 8),
+            .min(INITIAL_RESERVE * 8)
+            + decode::BODY_PADDING,
     );
     let mut decoder = flate2::read::MultiGzDecoder::new(data).take(limit + 1);
     decoder
@@ -103,6 +107,6 @@ pub fn unpack(
     if body.len() as u64 > limit {
         return Err(RequestError::DecodedTooLarge { limit });
     }
-    let decoded = decode::decode(&body, opts)?;
-    Ok((body, decoded))
+    let (body, decoded) = decode::decode_owned(body, opts);
+    Ok((body, decoded?))
 }

@@ -102,7 +102,7 @@ pub(crate) fn with_index<R>(
         input.extend_from_slice(text);
         input.resize(text.len() + PADDING, 0);
         let out = f(work.index(input, text.len(), base));
-        if guard.input.capacity() > KEEP_BUFFER_BYTES {
+        if text.len() > KEEP_BUFFER_BYTES {
             *guard = Scratch::default();
         }
         out
@@ -133,7 +133,8 @@ pub(crate) fn with_index_in_place<R>(
         buf.truncate(len);
         let body = buf.freeze();
         let out = f(&body, result);
-        if guard.work.next.capacity() > KEEP_BUFFER_BYTES / 4 {
+        // simd-json's buffers grow with the text, token list or not.
+        if len > KEEP_BUFFER_BYTES {
             *guard = Scratch::default();
         }
         (body, out)
@@ -638,6 +639,13 @@ mod tests {
             ("[1]]", "invalid JSON syntax"),
             ("[\\]", "invalid JSON syntax"),
             ("{\"a\":[}", "invalid JSON syntax"),
+            ("{\"a\"x:1}", "invalid JSON syntax"),
+            ("{\"a\":\"b\"c}", "invalid JSON syntax"),
+            ("[\"a\"  x]", "invalid JSON syntax"),
+            ("[1,\u{1}2]", "invalid JSON syntax"),
+            ("[\u{e9}]", "invalid JSON syntax"),
+            ("[1\\]", "invalid number"),
+            ("{\"a\\\":1}", "invalid JSON syntax"),
         ] {
             assert_eq!(
                 offsets(text).map(|_| ()).unwrap_err().what,

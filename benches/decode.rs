@@ -1,6 +1,7 @@
 //! Decode and split of a deterministic 400-event batch (the API server's default
 //! `--audit-webhook-batch-max-size`), against serde_json doing the same split
-//! into borrowed raw items as the baseline.
+//! into borrowed raw items as the baseline, and simd-json's stage 1 alone as
+//! the floor.
 //!
 //! `cargo bench --bench decode`; throughput is in bytes of body, and each batch
 //! holds 400 events.
@@ -35,6 +36,21 @@ fn bench(c: &mut Criterion) {
                     .unwrap()
                     .events
                     .len()
+            })
+        });
+        // The floor for any decode built on simd-json: its stage 1 alone
+        // (structure scan and UTF-8 validation), stopped at the first bracket
+        // as `decode` does, without the copy into a padded buffer.
+        group.bench_function("simd_json_stage1_only", |b| {
+            let mut padded = body.to_vec();
+            padded.resize(body.len() + simd_json::INPUT_PADDING, 0);
+            let mut buffers = simd_json::Buffers::with_max_depth(body.len(), 0);
+            b.iter(|| {
+                let mut tape = simd_json::Tape::null();
+                let r =
+                    simd_json::fill_tape_padded(&mut padded, body.len(), &mut buffers, &mut tape);
+                assert!(r.is_err(), "stage 2 stops at the first bracket");
+                buffers.structural_indexes().len()
             })
         });
         group.bench_function("serde_json_raw_items", |b| {

@@ -383,24 +383,21 @@ fn scalar(
     }
 }
 
-/// The escapes of every string of a text, checked in order of position: the
-/// backslashes are found by one `memchr` pass over the whole text, so a
-/// string without one costs a comparison.
+/// The escapes of every string of a text, checked in order of position: a
+/// string costs a comparison unless a backslash lies before its end. Within a
+/// string the next backslash is found by a short scan; past it, by `memchr`
+/// over the rest of the text.
 struct Strings<'a> {
     text: &'a [u8],
-    rest: memchr::Memchr<'a>,
-    /// The next backslash not yet accounted for.
+    /// The first backslash at or after the last string checked.
     backslash: usize,
 }
 
 impl<'a> Strings<'a> {
     fn new(text: &'a [u8]) -> Self {
-        let mut rest = memchr::memchr_iter(b'\\', text);
-        let backslash = rest.next().unwrap_or(usize::MAX);
         Self {
             text,
-            rest,
-            backslash,
+            backslash: find_backslash(text, 0),
         }
     }
 
@@ -423,18 +420,30 @@ impl<'a> Strings<'a> {
         if close <= open || text[close] != b'"' {
             return Err((open, SYNTAX));
         }
-        while self.backslash < close {
-            let at = self.backslash;
-            let past = if at > open {
-                at + escape_len(text, at, close).ok_or((at, "invalid string escape"))?
-            } else {
-                // Outside any string: the grammar refuses the token it is in.
-                at + 1
-            };
-            self.backslash = self.rest.find(|&b| b >= past).unwrap_or(usize::MAX);
+        // A backslash before the string is outside every string (in a token
+        // the grammar refuses): look again from here.
+        let mut at = if self.backslash > open {
+            self.backslash
+        } else {
+            find_backslash(text, open + 1)
+        };
+        while at < close {
+            let past = at + escape_len(text, at, close).ok_or((at, "invalid string escape"))?;
+            at = text[past..close]
+                .iter()
+                .position(|&b| b == b'\\')
+                .map_or(close, |i| past + i);
         }
+        self.backslash = find_backslash(text, close);
         Ok(())
     }
+}
+
+/// The first backslash at or after `from`, or `usize::MAX`.
+fn find_backslash(text: &[u8], from: usize) -> usize {
+    text.get(from..)
+        .and_then(|rest| memchr::memchr(b'\\', rest))
+        .map_or(usize::MAX, |i| from + i)
 }
 
 /// `end` moved back over whitespace, not before `start`.
@@ -476,8 +485,13 @@ fn hex4(text: &[u8], at: usize, close: usize) -> Option<u32> {
         return None;
     }
     text[at..at + 4].iter().try_fold(0u32, |acc, &b| {
-        let d = (b as char).to_digit(16)?;
-        Some(acc << 4 | d)
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u32::from(d))
     })
 }
 

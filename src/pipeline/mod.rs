@@ -11,6 +11,7 @@ mod batch;
 mod queue;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -68,8 +69,41 @@ pub enum Refusal {
 /// The queues of all sinks.
 pub struct Pipeline {
     queues: Vec<Arc<Queue>>,
-    space: Arc<Notify>,
+    space: Arc<Space>,
     wait: Duration,
+}
+
+/// Room given back in any queue: wakes the requests waiting for it, and
+/// remembers when, so that a request does not wait on queues that have
+/// stopped draining.
+pub(crate) struct Space {
+    notify: Notify,
+    start: Instant,
+    /// Milliseconds from `start` to the last time room was given back.
+    last_freed_ms: AtomicU64,
+}
+
+impl Space {
+    fn new() -> Self {
+        Self {
+            notify: Notify::new(),
+            start: Instant::now(),
+            last_freed_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Called by a queue that has given back room.
+    pub(crate) fn freed(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_freed_ms.fetch_max(ms, Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    /// How long since room was last given back (or since the start).
+    fn since_freed(&self) -> Duration {
+        let last = Duration::from_millis(self.last_freed_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
 }
 
 impl Pipeline {
@@ -77,7 +111,7 @@ impl Pipeline {
     /// the order of `specs`. `wait` is how long [`Pipeline::admit`] waits for
     /// room before refusing.
     pub fn new(specs: &[QueueSpec], wait: Duration, metrics: &Metrics) -> (Self, Vec<QueueReader>) {
-        let space = Arc::new(Notify::new());
+        let space = Arc::new(Space::new());
         let queues: Vec<Arc<Queue>> = specs
             .iter()
             .map(|s| {
@@ -171,7 +205,11 @@ impl Pipeline {
     }
 
     /// Runs `attempt` until it succeeds, again each time a queue frees room,
-    /// until the configured wait has passed.
+    /// until the configured wait has passed. When no queue has given back
+    /// room for as long as that wait, the queues are not draining (a stalled
+    /// or dead sink) and the request is refused at once: DESIGN.md's bounded
+    /// contract wants an overloaded forwarder to answer 503 fast rather than
+    /// hold requests open, and the API server retries.
     async fn retry_until_deadline<'a>(
         &'a self,
         events: usize,
@@ -179,14 +217,15 @@ impl Pipeline {
     ) -> Result<(), Refusal> {
         let deadline = Instant::now() + self.wait;
         loop {
-            let notified = self.space.notified();
+            let notified = self.space.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match attempt() {
                 Ok(()) => return Ok(()),
                 Err(None) => return Err(Refusal::Closed),
                 Err(Some(full)) => {
-                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    let stalled = self.space.since_freed() >= self.wait;
+                    if stalled || tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return Err(Refusal::Full {
                             sink: full.to_owned(),
                             events,
@@ -285,14 +324,43 @@ mod tests {
         assert_eq!(readers[0].depth_events(), 4);
         assert_eq!(readers[1].depth_events(), 4);
         // Room made while admission waits lets the batch in.
-        let first = readers[1].recv().await.unwrap();
+        drop(readers[1].recv().await.unwrap());
+        p.admit(batch(4)).await.unwrap();
+        let second = readers[1].recv().await.unwrap();
         let admit = p.admit(batch(2));
         tokio::pin!(admit);
         assert!(futures_poll(&mut admit).is_none());
-        drop(first);
+        drop(second);
         admit.await.unwrap();
         assert_eq!(readers[1].depth_events(), 2);
-        assert_eq!(readers[0].depth_events(), 6);
+        assert_eq!(readers[0].depth_events(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queues_that_stopped_draining_refuse_without_waiting() {
+        let m = Metrics::new();
+        let wait = Duration::from_millis(100);
+        let (p, mut readers) = Pipeline::new(&[spec("a", 5, WhenFull::Block)], wait, &m);
+        p.admit(batch(4)).await.unwrap();
+        // Room was given back less than a wait ago (here: never, and the
+        // pipeline is new), so the request waits for it.
+        let t = Instant::now();
+        assert!(p.admit(batch(2)).await.is_err());
+        assert_eq!(t.elapsed(), wait);
+        // A full wait without room given back: refused at once, again and again.
+        for _ in 0..3 {
+            let t = Instant::now();
+            let refused = p.admit(batch(2)).await.unwrap_err();
+            assert!(matches!(refused, Refusal::Full { .. }));
+            assert_eq!(t.elapsed(), Duration::ZERO);
+            tokio::time::advance(Duration::from_millis(30)).await;
+        }
+        // The sink drains: requests wait for room again.
+        drop(readers[0].recv().await.unwrap());
+        p.admit(batch(4)).await.unwrap();
+        let t = Instant::now();
+        assert!(p.admit(batch(2)).await.is_err());
+        assert_eq!(t.elapsed(), wait);
     }
 
     #[tokio::test(start_paused = true)]

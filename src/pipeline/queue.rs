@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::Batch;
+use super::{Batch, Space};
 use crate::metrics::SinkMetrics;
 
 /// What a queue does when a batch does not fit (Vector's `when_full`).
@@ -41,7 +41,7 @@ pub(crate) struct Queue {
     pub(crate) when_full: WhenFull,
     state: Mutex<State>,
     ready: Notify,
-    space: Arc<Notify>,
+    space: Arc<Space>,
     pub(crate) metrics: SinkMetrics,
 }
 
@@ -51,7 +51,7 @@ impl Queue {
         capacity_events: usize,
         capacity_bytes: usize,
         when_full: WhenFull,
-        space: Arc<Notify>,
+        space: Arc<Space>,
         metrics: SinkMetrics,
     ) -> Self {
         let state = State {
@@ -125,7 +125,7 @@ impl Queue {
         state.bytes -= batch.retained_bytes();
         self.publish(&state);
         drop(state);
-        self.space.notify_waiters();
+        self.space.freed();
     }
 }
 

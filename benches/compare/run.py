@@ -110,7 +110,7 @@ class Backend:
         self.proc.wait()
 
 
-def forwarder_config(tmp, mode, port, mport, backend, queue_bytes=268435456):
+def forwarder_config(tmp, mode, port, mport, backend, queue_bytes=268435456, wait_ms=5):
     if mode == "ndjson":
         sink = f"""  - type: tcp
     name: backend
@@ -139,7 +139,7 @@ def forwarder_config(tmp, mode, port, mport, backend, queue_bytes=268435456):
 metrics:
   address: "127.0.0.1:{mport}"
 pipeline:
-  admission_wait_ms: 5
+  admission_wait_ms: {wait_ms}
 log:
   level: warn
 sinks:
@@ -148,7 +148,7 @@ sinks:
     return path
 
 
-def start_proxy(tmp, mode, backend, queue_bytes=268435456):
+def start_proxy(tmp, mode, backend, queue_bytes=268435456, wait_ms=5):
     port = free_port()
     if mode == "haproxy":
         cfg = tmp / "haproxy.cfg"
@@ -156,7 +156,7 @@ def start_proxy(tmp, mode, backend, queue_bytes=268435456):
         cfg.write_text(text)
         cmd = ["haproxy", "-db", "-f", str(cfg)]
     else:
-        cmd = [str(REL / "kube-audit-forwarder"), "--config", str(forwarder_config(tmp, mode, port, free_port(), backend, queue_bytes))]
+        cmd = [str(REL / "kube-audit-forwarder"), "--config", str(forwarder_config(tmp, mode, port, free_port(), backend, queue_bytes, wait_ms))]
     proc = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, port
@@ -235,16 +235,17 @@ def steady_rss(tmp, backend, args):
 
 
 def overload(tmp, backend, args):
-    """10x the API server's rate against a stalled backend, 64 MiB queue."""
+    """10x the API server's rate against a stalled backend, 64 MiB queue, the
+    default admission wait (200 ms)."""
     backend.reset()
     backend.control("stall")
     queue = 64 << 20
-    proc, port = start_proxy(tmp, "passthrough", backend, queue_bytes=queue)
+    proc, port = start_proxy(tmp, "passthrough", backend, queue_bytes=queue, wait_ms=200)
     load = loadgen(tmp, port, args, ["--batches-per-sec", "100"], 0, args.overload_secs, "mixed")
     rss = peak_rss_mib(proc.pid)
     backend.control("unstall")
     stop_proxy(proc)
-    return {"scenario": "10x overload, backend stalled, queue 64 MiB", "peak_rss_mib": rss,
+    return {"scenario": "10x overload, backend stalled, queue 64 MiB, admission wait 200 ms", "peak_rss_mib": rss,
             "rss_bound_mib": queue / 2**20 + 32, "p99_ms": load["latency_ms"]["p99"],
             "p50_ms": load["latency_ms"]["p50"], "statuses": load["statuses"]}
 

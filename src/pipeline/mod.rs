@@ -39,15 +39,19 @@ pub struct QueueSpec {
 /// Why a batch was not admitted. Nothing of it was queued anywhere.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {
-    /// A `block` sink's queue had no room for the whole batch within the wait.
-    #[error("sink {sink} has no room for {events} events within {wait_ms} ms")]
+    /// A `block` sink's queue had no room for the whole batch within the wait,
+    /// or no queue had drained for as long as the wait.
+    #[error("sink {sink} has no room for {} {}", batch(*events), waited(*wait_ms, *stalled))]
     Full {
         /// The first sink found full.
         sink: String,
-        /// Events in the batch.
+        /// Events in the batch (0 when refused before the body was read).
         events: usize,
-        /// How long admission waited, in milliseconds.
+        /// The admission wait, in milliseconds.
         wait_ms: u64,
+        /// Refused without waiting: no queue had given back room for as long
+        /// as the wait.
+        stalled: bool,
     },
     /// The batch is larger than a `block` sink's whole queue.
     #[error(
@@ -64,6 +68,22 @@ pub enum Refusal {
     /// The pipeline is shutting down.
     #[error("the forwarder is shutting down")]
     Closed,
+}
+
+fn batch(events: usize) -> String {
+    if events == 0 {
+        "the request".to_owned()
+    } else {
+        format!("{events} events")
+    }
+}
+
+fn waited(wait_ms: u64, stalled: bool) -> String {
+    if stalled {
+        format!("(the queues have not drained for {wait_ms} ms or more)")
+    } else {
+        format!("within {wait_ms} ms")
+    }
 }
 
 /// The queues of all sinks.
@@ -230,6 +250,7 @@ impl Pipeline {
                             sink: full.to_owned(),
                             events,
                             wait_ms: self.wait.as_millis() as u64,
+                            stalled,
                         });
                     }
                 }

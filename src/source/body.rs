@@ -64,6 +64,28 @@ pub(crate) async fn read(
         .map_err(|_| RequestError::BodyTimeout(timeout.as_secs()))?
 }
 
+/// Reads the body and lets each frame go at once, so that nothing of it is
+/// kept: at most `limit` bytes, within `timeout`. Returns whether the whole
+/// body was read (the connection can then carry another request).
+pub(crate) async fn discard(mut body: Incoming, limit: u64, timeout: Duration) -> bool {
+    let drain = async {
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return false;
+            };
+            if let Some(data) = frame.data_ref() {
+                total += data.len() as u64;
+                if total > limit {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(timeout, drain).await.unwrap_or(false)
+}
+
 /// Undoes gzip (every member of a multi-member stream, RFC 1952 §2.2),
 /// refusing output over `limit` bytes.
 ///

@@ -61,7 +61,9 @@ pub enum RequestError {
     /// The pipeline did not take the batch.
     #[error(transparent)]
     Refused(#[from] Refusal),
-    /// The queues had no room before the body was read; it was left unread.
+    /// The queues had no room before the body was read, and the body could
+    /// not be read to its end (over the limits or too slow): it was left
+    /// unread and the connection is closed.
     #[error("{0}; the request body was not read")]
     Busy(Refusal),
 }

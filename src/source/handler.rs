@@ -117,11 +117,17 @@ impl Handler {
             });
         }
         if let Some(size) = declared {
-            // Refuse at once, before reading, what could not be queued.
-            self.pipeline
-                .wait_for_room(size as usize)
-                .await
-                .map_err(RequestError::Busy)?;
+            // Refuse, before keeping any of it, what could not be queued. The
+            // client is most likely still sending the body: it is read and
+            // let go (up to the body limits), so that the client gets the 503
+            // on a connection it can reuse rather than a reset one.
+            if let Err(refusal) = self.pipeline.wait_for_room(size as usize).await {
+                let body = req.into_body();
+                if body::discard(body, self.max_body_bytes, self.body_timeout).await {
+                    return Err(RequestError::Refused(refusal));
+                }
+                return Err(RequestError::Busy(refusal));
+            }
         }
         let wire = body::read(
             req.into_body(),

@@ -198,6 +198,63 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
 }
 
 #[tokio::test]
+async fn a_stalled_sink_is_refused_at_once_on_a_connection_that_stays_open() {
+    use tokio::io::AsyncWriteExt;
+    let mut cfg = config();
+    stdout_queue(&mut cfg).capacity_events = 3;
+    cfg.pipeline.admission_wait_ms = 50;
+    let fwd = Forwarder::start_stalled(cfg).await;
+    assert_eq!(fwd.post(list(1..3).as_bytes()).await.status, 200);
+    // Nothing drains for longer than the admission wait.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stream = tokio::net::TcpStream::connect(fwd.addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let body = list(10..12);
+    let req = format!(
+        "POST /audit HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for round in 0..3 {
+        wr.write_all(req.as_bytes()).await.unwrap();
+        let resp = tokio::time::timeout(PATIENCE, read_response(&mut rd))
+            .await
+            .expect("an answer on the same connection");
+        assert_eq!(
+            (resp.status, resp.reason().as_str()),
+            (503, "queue_full"),
+            "round {round}"
+        );
+        assert!(resp.text().contains("have not drained"), "{}", resp.text());
+        assert_eq!(resp.header("connection"), None, "round {round}");
+        assert!(resp.header("retry-after").is_some());
+    }
+    let m = fwd.metrics().await;
+    assert_eq!(m.get(r#"audit_forwarder_queue_events{sink="stdout"}"#), 2.0);
+    assert_eq!(
+        m.get(r#"audit_forwarder_requests_rejected_total{reason="queue_full"}"#),
+        3.0
+    );
+    // Once the sink drains, the same connection gets the batch in.
+    fwd.out.resume();
+    fwd.out.wait_lines(2).await;
+    eventually("queue drained", || async {
+        fwd.metrics()
+            .await
+            .get(r#"audit_forwarder_queue_events{sink="stdout"}"#)
+            == 0.0
+    })
+    .await;
+    wr.write_all(req.as_bytes()).await.unwrap();
+    let resp = read_response(&mut rd).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        audit_ids(&fwd.out.wait_lines(4).await)[2..],
+        [case_id(10), case_id(11)]
+    );
+    fwd.stop().await;
+}
+
+#[tokio::test]
 async fn blocked_sink_gets_503_fast_and_the_batch_only_once_resent() {
     let mut cfg = config();
     stdout_queue(&mut cfg).capacity_events = 3;

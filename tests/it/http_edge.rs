@@ -197,14 +197,31 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
     fwd.stop().await;
 }
 
-#[tokio::test]
-async fn a_stalled_sink_is_refused_at_once_on_a_connection_that_stays_open() {
-    use tokio::io::AsyncWriteExt;
+/// A forwarder whose stdout sink is stalled, with a queue of 3 events that
+/// holds 2 (auditIDs 1 and 2) and a 50 ms admission wait.
+async fn stalled_with_two_queued() -> Forwarder {
     let mut cfg = config();
     stdout_queue(&mut cfg).capacity_events = 3;
     cfg.pipeline.admission_wait_ms = 50;
     let fwd = Forwarder::start_stalled(cfg).await;
     assert_eq!(fwd.post(list(1..3).as_bytes()).await.status, 200);
+    fwd
+}
+
+async fn queue_drained(fwd: &Forwarder) {
+    eventually("queue drained", || async {
+        fwd.metrics()
+            .await
+            .get(r#"audit_forwarder_queue_events{sink="stdout"}"#)
+            == 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stalled_sink_is_refused_at_once_on_a_connection_that_stays_open() {
+    use tokio::io::AsyncWriteExt;
+    let fwd = stalled_with_two_queued().await;
     // Nothing drains for longer than the admission wait.
     tokio::time::sleep(Duration::from_millis(150)).await;
     let stream = tokio::net::TcpStream::connect(fwd.addr).await.unwrap();
@@ -237,13 +254,7 @@ async fn a_stalled_sink_is_refused_at_once_on_a_connection_that_stays_open() {
     // Once the sink drains, the same connection gets the batch in.
     fwd.out.resume();
     fwd.out.wait_lines(2).await;
-    eventually("queue drained", || async {
-        fwd.metrics()
-            .await
-            .get(r#"audit_forwarder_queue_events{sink="stdout"}"#)
-            == 0.0
-    })
-    .await;
+    queue_drained(&fwd).await;
     wr.write_all(req.as_bytes()).await.unwrap();
     let resp = read_response(&mut rd).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -256,11 +267,7 @@ async fn a_stalled_sink_is_refused_at_once_on_a_connection_that_stays_open() {
 
 #[tokio::test]
 async fn blocked_sink_gets_503_fast_and_the_batch_only_once_resent() {
-    let mut cfg = config();
-    stdout_queue(&mut cfg).capacity_events = 3;
-    cfg.pipeline.admission_wait_ms = 50;
-    let fwd = Forwarder::start_stalled(cfg).await;
-    assert_eq!(fwd.post(list(1..3).as_bytes()).await.status, 200);
+    let fwd = stalled_with_two_queued().await;
     let started = tokio::time::Instant::now();
     let resp = fwd.post(list(10..12).as_bytes()).await;
     assert_eq!(resp.status, 503);
@@ -279,13 +286,7 @@ async fn blocked_sink_gets_503_fast_and_the_batch_only_once_resent() {
         audit_ids(&fwd.out.wait_lines(2).await),
         [case_id(1), case_id(2)]
     );
-    eventually("queue drained", || async {
-        fwd.metrics()
-            .await
-            .get(r#"audit_forwarder_queue_events{sink="stdout"}"#)
-            == 0.0
-    })
-    .await;
+    queue_drained(&fwd).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         fwd.out.lines().len(),

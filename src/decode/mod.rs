@@ -132,7 +132,11 @@ struct Builder<'o> {
 /// holds more than `opts.max_events` events. Nothing is returned for a refused
 /// body: a request is accepted whole or not at all.
 pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
-    let start = first_token(body)?;
+    decode_copied(body, first_token(body)?, opts)
+}
+
+/// [`decode`] of a body whose text starts at `start`.
+fn decode_copied(body: &Bytes, start: usize, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
     structure::with_index(&body[start..], start, |ix| split(body, ix, opts))
 }
 
@@ -157,13 +161,13 @@ pub fn decode_owned(body: Bytes, opts: &DecodeOptions) -> (Bytes, Result<Decoded
     // A text that opens with a scalar goes through simd-json's stage 2, which
     // unescapes in place: that one is validated in a copy.
     if !matches!(body[start], b'{' | b'[') {
-        let result = decode(&body, opts);
+        let result = decode_copied(&body, start, opts);
         return (body, result);
     }
     match body.try_into_mut() {
         Ok(buf) => structure::with_index_in_place(buf, start, |body, ix| split(body, ix, opts)),
         Err(body) => {
-            let result = decode(&body, opts);
+            let result = decode_copied(&body, start, opts);
             (body, result)
         }
     }

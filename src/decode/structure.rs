@@ -447,7 +447,7 @@ fn find_backslash(text: &[u8], from: usize) -> usize {
 }
 
 /// `end` moved back over whitespace, not before `start`.
-fn trim_end(text: &[u8], start: usize, mut end: usize) -> usize {
+pub(crate) fn trim_end(text: &[u8], start: usize, mut end: usize) -> usize {
     while end > start && is_ws(text[end - 1]) {
         end -= 1;
     }

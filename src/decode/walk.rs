@@ -7,8 +7,8 @@
 
 use std::ops::Range;
 
-use super::structure::Index;
 pub(crate) use super::structure::is_ws;
+use super::structure::{Index, trim_end};
 
 /// A validated body: its bytes and the structure [`super::structure`] found.
 pub(crate) struct Walk<'a> {
@@ -16,8 +16,6 @@ pub(crate) struct Walk<'a> {
     idx: &'a [u32],
     /// Added to each entry of `idx` to make it an offset in `body`.
     base: usize,
-    /// One past the last byte of the text.
-    end: usize,
     /// For each token that opens an object or array, the token after its value.
     next: &'a [u32],
     /// Whether any token has whitespace before it.
@@ -31,7 +29,6 @@ impl<'a> Walk<'a> {
             body,
             idx: ix.idx,
             base: ix.base,
-            end: body.len(),
             next: ix.next,
             any_ws: ix.any_ws,
         }
@@ -58,7 +55,7 @@ impl<'a> Walk<'a> {
     pub(crate) fn pos(&self, tok: usize) -> usize {
         self.idx
             .get(tok)
-            .map_or(self.end, |&p| p as usize + self.base)
+            .map_or(self.body.len(), |&p| p as usize + self.base)
     }
 
     pub(crate) fn byte(&self, tok: usize) -> u8 {
@@ -86,11 +83,8 @@ impl<'a> Walk<'a> {
     }
 
     /// `end` moved back over whitespace, not before `start`.
-    pub(crate) fn trim_end(&self, start: usize, mut end: usize) -> usize {
-        while end > start && is_ws(self.body[end - 1]) {
-            end -= 1;
-        }
-        end
+    pub(crate) fn trim_end(&self, start: usize, end: usize) -> usize {
+        trim_end(self.body, start, end)
     }
 
     /// The content of the string token `tok` (between its quotes, escapes as

@@ -15,23 +15,21 @@ use crate::decode::{self, DecodeOptions, Decoded};
 /// the buffer grows as bytes actually arrive.
 const INITIAL_RESERVE: usize = 1 << 20;
 
-/// Reads the whole body, refusing it as soon as more than `limit` bytes have
-/// arrived (chunked bodies included) or when it takes longer than `timeout`.
-/// A body that arrives in one frame is returned without a copy.
+/// Hands each data frame of the body to `f`, refusing the body as soon as more
+/// than `limit` bytes have arrived (chunked bodies included) or when it takes
+/// longer than `timeout`.
 ///
 /// # Errors
 ///
 /// [`RequestError::BodyTooLarge`], [`RequestError::BodyTimeout`] or
 /// [`RequestError::BodyRead`].
-pub(crate) async fn read(
+async fn each_frame(
     mut body: Incoming,
     limit: u64,
     timeout: Duration,
-    declared: Option<u64>,
-) -> Result<Bytes, RequestError> {
-    let read = async {
-        let mut first: Option<Bytes> = None;
-        let mut joined: Option<BytesMut> = None;
+    mut f: impl FnMut(Bytes, u64),
+) -> Result<(), RequestError> {
+    let frames = async {
         let mut total = 0u64;
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(RequestError::BodyRead)?.into_data() else {
@@ -41,49 +39,55 @@ pub(crate) async fn read(
             if total > limit {
                 return Err(RequestError::BodyTooLarge { size: total, limit });
             }
-            if let Some(buf) = joined.as_mut() {
-                buf.extend_from_slice(&data);
-            } else if let Some(previous) = first.take() {
-                let hint = declared.unwrap_or(0).min(limit) as usize;
-                // Room for the decoder's padding too, so that it validates the
-                // body where it lies.
-                let mut buf = BytesMut::with_capacity(
-                    hint.min(INITIAL_RESERVE).max(total as usize) + decode::BODY_PADDING,
-                );
-                buf.extend_from_slice(&previous);
-                buf.extend_from_slice(&data);
-                joined = Some(buf);
-            } else {
-                first = Some(data);
-            }
+            f(data, total);
         }
-        Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
+        Ok(())
     };
-    tokio::time::timeout(timeout, read)
+    tokio::time::timeout(timeout, frames)
         .await
         .map_err(|_| RequestError::BodyTimeout(timeout.as_secs()))?
+}
+
+/// Reads the whole body within `limit` bytes and `timeout`. A body that
+/// arrives in one frame is returned without a copy.
+///
+/// # Errors
+///
+/// As [`each_frame`].
+pub(crate) async fn read(
+    body: Incoming,
+    limit: u64,
+    timeout: Duration,
+    declared: Option<u64>,
+) -> Result<Bytes, RequestError> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    each_frame(body, limit, timeout, |data, total| {
+        if let Some(buf) = joined.as_mut() {
+            buf.extend_from_slice(&data);
+        } else if let Some(previous) = first.take() {
+            let hint = declared.unwrap_or(0).min(limit) as usize;
+            // Room for the decoder's padding too, so that it validates the
+            // body where it lies.
+            let mut buf = BytesMut::with_capacity(
+                hint.min(INITIAL_RESERVE).max(total as usize) + decode::BODY_PADDING,
+            );
+            buf.extend_from_slice(&previous);
+            buf.extend_from_slice(&data);
+            joined = Some(buf);
+        } else {
+            first = Some(data);
+        }
+    })
+    .await?;
+    Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
 }
 
 /// Reads the body and lets each frame go at once, so that nothing of it is
 /// kept: at most `limit` bytes, within `timeout`. Returns whether the whole
 /// body was read (the connection can then carry another request).
-pub(crate) async fn discard(mut body: Incoming, limit: u64, timeout: Duration) -> bool {
-    let drain = async {
-        let mut total = 0u64;
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else {
-                return false;
-            };
-            if let Some(data) = frame.data_ref() {
-                total += data.len() as u64;
-                if total > limit {
-                    return false;
-                }
-            }
-        }
-        true
-    };
-    tokio::time::timeout(timeout, drain).await.unwrap_or(false)
+pub(crate) async fn discard(body: Incoming, limit: u64, timeout: Duration) -> bool {
+    each_frame(body, limit, timeout, |_, _| {}).await.is_ok()
 }
 
 /// Undoes gzip (every member of a multi-member stream, RFC 1952 §2.2),

@@ -23,6 +23,8 @@ pub struct Config {
     pub decode: DecodeConfig,
     /// Admission into the sink queues.
     pub pipeline: PipelineConfig,
+    /// Where accepted batches are kept until every sink has them.
+    pub buffer: BufferConfig,
     /// Where events go; at least one.
     pub sinks: Vec<SinkConfig>,
     /// The metrics and health listener.
@@ -39,6 +41,7 @@ impl Default for Config {
             source: SourceConfig::default(),
             decode: DecodeConfig::default(),
             pipeline: PipelineConfig::default(),
+            buffer: BufferConfig::default(),
             sinks: vec![SinkConfig::Stdout(StdoutSinkConfig::default())],
             metrics: MetricsConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -146,6 +149,53 @@ impl Default for PipelineConfig {
             retry_after_secs: 1,
         }
     }
+}
+
+/// Where accepted batches are kept until every sink has delivered them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// `memory` (a 200 means the batch is in every sink's queue in memory) or
+    /// `disk` (a 200 means the batch is `fdatasync`ed to a write-ahead log).
+    #[serde(rename = "type")]
+    pub kind: BufferKind,
+    /// Directory of the disk buffer's log; created if missing. One forwarder
+    /// per directory.
+    pub path: PathBuf,
+    /// Most bytes the disk buffer's log files take; when a `block` sink's
+    /// backlog would pass it, requests are answered 503, and a `drop_newest`
+    /// sink that lags skips ahead instead.
+    pub max_bytes: u64,
+    /// Size in bytes at which a log file is closed and the next one begun;
+    /// files are deleted whole once every sink has passed them.
+    pub segment_bytes: u64,
+    /// Milliseconds between saves of each sink's position in the log: after a
+    /// crash a sink gets again at most what it delivered in that time (plus
+    /// what was in flight).
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            kind: BufferKind::Memory,
+            path: PathBuf::from("/var/lib/kube-audit-forwarder/buffer"),
+            max_bytes: 10 << 30,
+            segment_bytes: 64 << 20,
+            checkpoint_interval_ms: 500,
+        }
+    }
+}
+
+/// `buffer.type`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferKind {
+    /// Each sink's bounded queue in memory.
+    #[default]
+    Memory,
+    /// A write-ahead log on disk shared by all sinks, one position per sink.
+    Disk,
 }
 
 /// One sink, chosen by its `type`.
@@ -419,6 +469,7 @@ impl Config {
         if self.sinks.is_empty() {
             return err("sinks", "at least one sink is needed");
         }
+        self.validate_buffer()?;
         for (i, sink) in self.sinks.iter().enumerate() {
             if sink.name().is_empty() {
                 return err(&format!("sinks[{i}].name"), "must not be empty");
@@ -469,6 +520,47 @@ impl Config {
                 "log.level",
                 "not a valid tracing filter (a level: trace, debug, info, warn, error, off; or target=level pairs)",
             );
+        }
+        Ok(())
+    }
+
+    fn validate_buffer(&self) -> Result<(), (String, String)> {
+        let b = &self.buffer;
+        if b.kind != BufferKind::Disk {
+            return Ok(());
+        }
+        let err = |key: &str, msg: String| Err((format!("buffer.{key}"), msg));
+        if b.path.as_os_str().is_empty() {
+            return err("path", "must be set when buffer.type is disk".into());
+        }
+        if b.segment_bytes < MIB {
+            return err("segment_bytes", "must be at least 1048576 (1 MiB)".into());
+        }
+        let body = self.source.http.max_decoded_bytes;
+        let least = (2 * b.segment_bytes).max(2 * body);
+        if b.max_bytes < least {
+            return err(
+                "max_bytes",
+                format!(
+                    "must be at least {least}: twice segment_bytes and twice source.http.max_decoded_bytes, so that a full-size request always fits beside a file being emptied"
+                ),
+            );
+        }
+        if b.checkpoint_interval_ms == 0 {
+            return err("checkpoint_interval_ms", "must be greater than 0".into());
+        }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if !sink
+                .name()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                || sink.name().starts_with('.')
+            {
+                return Err((
+                    format!("sinks[{i}].name"),
+                    "with buffer.type disk a sink name names its position file: use letters, digits, '-', '_' and '.' (not first)".into(),
+                ));
+            }
         }
         Ok(())
     }

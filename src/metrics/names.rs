@@ -66,3 +66,29 @@ pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
 /// Counter `{result}`: reloads of changed certificate files, `success` or
 /// `failure` (the files in use stay).
 pub const TLS_RELOADS_TOTAL: &str = "audit_forwarder_tls_reloads_total";
+
+/// Gauge: bytes the disk buffer's log files take.
+pub const BUFFER_BYTES: &str = "audit_forwarder_buffer_bytes";
+/// Gauge: `buffer.max_bytes`.
+pub const BUFFER_MAX_BYTES: &str = "audit_forwarder_buffer_max_bytes";
+/// Gauge: bytes free on the disk buffer's filesystem for an unprivileged
+/// writer (statvfs `f_bavail`), the headroom before writes fail.
+pub const BUFFER_FREE_BYTES: &str = "audit_forwarder_buffer_filesystem_free_bytes";
+/// Gauge `{sink}`: events in the disk buffer the sink has not yet delivered.
+pub const BUFFER_EVENTS: &str = "audit_forwarder_buffer_events";
+/// Gauge `{sink}`: seconds since the oldest batch the sink has not yet
+/// delivered was accepted (0 when it has delivered everything): how far
+/// behind the sink is.
+pub const BUFFER_OLDEST_AGE_SECONDS: &str = "audit_forwarder_buffer_oldest_event_age_seconds";
+/// Histogram: seconds one `fdatasync` of the disk buffer's log took.
+pub const BUFFER_FSYNC_DURATION_SECONDS: &str = "audit_forwarder_buffer_fsync_duration_seconds";
+/// Counter: damaged records found in the disk buffer's log (skipped, or cut
+/// off at the end of the last file).
+pub const BUFFER_CORRUPT_RECORDS_TOTAL: &str = "audit_forwarder_buffer_corrupt_records_total";
+/// Counter `{kind}`: disk errors of the buffer: `full` (no space), `write`,
+/// `sync` (a failed fsync: the log is re-opened and re-checked), `read`,
+/// `checkpoint`.
+pub const BUFFER_DISK_ERRORS_TOTAL: &str = "audit_forwarder_buffer_disk_errors_total";
+/// Counter `{sink}`: events given to a sink again after a restart because its
+/// last saved position was behind what it had delivered.
+pub const BUFFER_REPLAYED_EVENTS_TOTAL: &str = "audit_forwarder_buffer_replayed_events_total";

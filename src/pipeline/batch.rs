@@ -4,6 +4,19 @@ use bytes::Bytes;
 
 use crate::decode::Event;
 
+/// What the source knew of a request beyond its events: what a pass-through
+/// sink needs to relay it as received, and what a disk buffer keeps of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The request target's path and query as received, e.g.
+    /// `/post?timeout=30s` (RFC 9110 §7.1); empty when unknown.
+    pub path_and_query: String,
+    /// The body as received on the wire when it came with
+    /// `Content-Encoding: gzip`; `None` when it came uncompressed (then
+    /// [`Batch::body`] is the wire body).
+    pub gzip_wire: Option<Bytes>,
+}
+
 /// The events of one accepted request, shared by every sink queue.
 #[derive(Debug)]
 pub struct Batch {
@@ -12,21 +25,32 @@ pub struct Batch {
     pub body: Bytes,
     /// The events, in `items` order.
     pub events: Vec<Event>,
+    /// The request it came in.
+    pub origin: Origin,
     retained_bytes: usize,
 }
 
 impl Batch {
-    /// Makes a batch of `events` decoded from `body`.
+    /// Makes a batch of `events` decoded from `body`, of a request whose
+    /// origin is unknown.
     pub fn new(body: Bytes, events: Vec<Event>) -> Self {
+        Self::with_origin(body, events, Origin::default())
+    }
+
+    /// Makes a batch of `events` decoded from `body`, received as `origin`
+    /// says.
+    pub fn with_origin(body: Bytes, events: Vec<Event>, origin: Origin) -> Self {
         let outside_body: usize = events
             .iter()
             .filter(|e| !body.as_ptr_range().contains(&e.raw.as_ptr()))
             .map(|e| e.raw.len())
             .sum();
-        let retained_bytes = body.len() + outside_body;
+        let wire = origin.gzip_wire.as_ref().map_or(0, Bytes::len);
+        let retained_bytes = body.len() + outside_body + wire + origin.path_and_query.len();
         Self {
             body,
             events,
+            origin,
             retained_bytes,
         }
     }

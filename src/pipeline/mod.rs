@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use batch::Batch;
+pub use batch::{Batch, Origin};
 pub use queue::{Delivery, QueueReader, WhenFull};
 
 use crate::metrics::Metrics;

@@ -4,7 +4,7 @@
 # The Deployment in deploy/ expects exactly this user and a read-only root
 # filesystem; nothing here writes outside /var/lib/kube-audit-forwarder.
 
-FROM docker.io/library/rust:1.88-bookworm AS build
+FROM docker.io/library/rust:1.89-bookworm AS build
 WORKDIR /src
 # Dependencies are downloaded in their own layer, so that a change to src/
 # does not download them again. Cargo.toml names the test and bench targets, so

@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, Readiness};
-use crate::config::{Config, SinkConfig};
+use crate::buffer::DiskBuffer;
+use crate::config::{BufferKind, Config, SinkConfig};
+use crate::decode::DecodeOptions;
 use crate::metrics::{Metrics, TlsMetrics};
 use crate::pipeline::{Pipeline, QueueSpec};
 use crate::server::{self, ServeOptions};
@@ -98,7 +100,27 @@ impl App {
             })
             .collect();
         let wait = Duration::from_millis(cfg.pipeline.admission_wait_ms);
-        let (pipeline, readers) = Pipeline::new(&specs, wait, &self.metrics);
+        let (pipeline, readers) = match cfg.buffer.kind {
+            BufferKind::Memory => Pipeline::new(&specs, wait, &self.metrics),
+            BufferKind::Disk => {
+                let sinks: Vec<_> = specs
+                    .iter()
+                    .map(|s| (s.name.clone(), s.when_full))
+                    .collect();
+                let replay = DecodeOptions {
+                    max_events: usize::MAX,
+                    max_event_bytes: cfg.decode.max_event_bytes,
+                };
+                let buffer = DiskBuffer::open(
+                    &cfg.buffer,
+                    &sinks,
+                    replay,
+                    http_cfg.max_decoded_bytes,
+                    &self.metrics,
+                )?;
+                Pipeline::with_disk(&specs, wait, &self.metrics, buffer)
+            }
+        };
         let pipeline = Arc::new(pipeline);
 
         let listener = match http_cfg.enabled {
@@ -276,13 +298,25 @@ impl Running {
         }
         // Counted before the late sinks are stopped: stopping them gives their
         // batches' room back, and the queues would look empty.
-        let undelivered_events = self.pipeline.depth_events();
-        if undelivered_events > 0 {
-            tracing::error!(undelivered_events, sinks = ?unfinished_sinks, "shutdown deadline passed with events not delivered");
-            self.pipeline.count_undelivered("shutdown");
-        } else {
-            tracing::info!("every queued event was delivered");
-        }
+        let queued = self.pipeline.depth_events();
+        let undelivered_events = match self.pipeline.count_undelivered("shutdown") {
+            Some(kept) => {
+                tracing::info!(
+                    kept_events = kept,
+                    sinks = ?unfinished_sinks,
+                    "sink positions saved; events not yet delivered stay in the disk buffer for the next start"
+                );
+                0
+            }
+            None if queued > 0 => {
+                tracing::error!(undelivered_events = queued, sinks = ?unfinished_sinks, "shutdown deadline passed with events not delivered");
+                queued
+            }
+            None => {
+                tracing::info!("every queued event was delivered");
+                0
+            }
+        };
         for task in late {
             task.abort();
         }

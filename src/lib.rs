@@ -8,6 +8,7 @@
 //!   zero-copy.
 pub mod admin;
 pub mod app;
+pub mod buffer;
 pub mod config;
 pub mod decode;
 pub mod metrics;

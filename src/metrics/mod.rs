@@ -1,9 +1,11 @@
 //! Prometheus metrics: one [`Metrics`] registered into an explicit
 //! [`prometheus::Registry`], recorded per request and per batch, never per event.
 
+pub mod buffer;
 pub mod names;
 pub mod tls;
 
+pub use buffer::BufferMetrics;
 pub use tls::TlsMetrics;
 
 use prometheus::{
@@ -267,6 +269,13 @@ impl Metrics {
     pub fn dropped_before_fanout(&self, reason: &str, events: u64) {
         self.dropped
             .with_label_values(&["all", reason])
+            .inc_by(events);
+    }
+
+    /// Counts `events` of sink `sink` dropped for `reason`.
+    pub fn sink_dropped(&self, sink: &str, reason: &str, events: u64) {
+        self.dropped
+            .with_label_values(&[sink, reason])
             .inc_by(events);
     }
 

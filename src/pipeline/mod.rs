@@ -4,8 +4,9 @@
 //! The source hands each decoded request to [`Pipeline::admit`] and answers the
 //! API server from its result alone (DESIGN.md, "acknowledgement"): `Ok` means
 //! every event of the request is in every `block` sink's queue; an error means
-//! none is in any. A durable queue would take the in-memory queue's place behind
-//! the same call.
+//! none is in any. With a disk buffer ([`crate::buffer`]), `Ok` means the
+//! batch is synced to the buffer's log, and each sink's queue is fed from
+//! the log instead.
 
 mod batch;
 mod queue;
@@ -16,10 +17,12 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub use batch::{Batch, Origin};
 pub use queue::{Delivery, QueueReader, WhenFull};
 
+use crate::buffer::{BufferRefusal, DiskBuffer};
 use crate::metrics::Metrics;
 use queue::Queue;
 
@@ -68,6 +71,31 @@ pub enum Refusal {
     /// The pipeline is shutting down.
     #[error("the forwarder is shutting down")]
     Closed,
+    /// The disk buffer did not take the batch.
+    #[error(transparent)]
+    Buffer(BufferRefusal),
+}
+
+impl From<BufferRefusal> for Refusal {
+    fn from(r: BufferRefusal) -> Self {
+        match r {
+            BufferRefusal::Closed => Self::Closed,
+            other => Self::Buffer(other),
+        }
+    }
+}
+
+impl Refusal {
+    /// Bounded label for `audit_forwarder_requests_rejected_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Full { .. } => "queue_full",
+            Self::TooLarge { .. } => "batch_too_large",
+            Self::Closed => "shutting_down",
+            Self::Buffer(BufferRefusal::Full(_)) => "buffer_full",
+            Self::Buffer(_) => "disk_error",
+        }
+    }
 }
 
 fn batch(events: usize) -> String {
@@ -91,6 +119,13 @@ pub struct Pipeline {
     queues: Vec<Arc<Queue>>,
     space: Arc<Space>,
     wait: Duration,
+    disk: Option<Disk>,
+}
+
+/// The disk buffer and the tasks that feed the queues from it.
+struct Disk {
+    buffer: Arc<DiskBuffer>,
+    stop: CancellationToken,
 }
 
 /// Room given back in any queue: wakes the requests waiting for it, and
@@ -131,10 +166,48 @@ impl Pipeline {
     /// the order of `specs`. `wait` is how long [`Pipeline::admit`] waits for
     /// room before refusing.
     pub fn new(specs: &[QueueSpec], wait: Duration, metrics: &Metrics) -> (Self, Vec<QueueReader>) {
+        Self::build(specs, wait, metrics, None)
+    }
+
+    /// Like [`Pipeline::new`], with `buffer` (opened for the same sinks, in
+    /// the same order) taking the batches: each queue is fed from the
+    /// buffer's log by a task of its own, and the sinks' positions are saved
+    /// every `buffer.checkpoint_interval_ms`. Must be called within a Tokio
+    /// runtime.
+    pub fn with_disk(
+        specs: &[QueueSpec],
+        wait: Duration,
+        metrics: &Metrics,
+        buffer: Arc<DiskBuffer>,
+    ) -> (Self, Vec<QueueReader>) {
+        let (pipeline, readers) = Self::build(specs, wait, metrics, Some(&buffer));
+        let stop = CancellationToken::new();
+        for (i, q) in pipeline.queues.iter().enumerate() {
+            let q = q.clone();
+            tokio::spawn(buffer.clone().feed(i, move |batch, seq| {
+                let q = q.clone();
+                async move { q.push_wait(batch, seq).await }
+            }));
+        }
+        tokio::spawn(buffer.clone().run_checkpoints(stop.clone()));
+        let pipeline = Self {
+            disk: Some(Disk { buffer, stop }),
+            ..pipeline
+        };
+        (pipeline, readers)
+    }
+
+    fn build(
+        specs: &[QueueSpec],
+        wait: Duration,
+        metrics: &Metrics,
+        buffer: Option<&Arc<DiskBuffer>>,
+    ) -> (Self, Vec<QueueReader>) {
         let space = Arc::new(Space::new());
         let queues: Vec<Arc<Queue>> = specs
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let m = metrics.sink(&s.name, s.capacity_events, s.capacity_bytes);
                 Arc::new(Queue::new(
                     s.name.clone(),
@@ -143,6 +216,7 @@ impl Pipeline {
                     s.when_full,
                     space.clone(),
                     m,
+                    buffer.map(|b| b.progress(i)),
                 ))
             })
             .collect();
@@ -155,6 +229,7 @@ impl Pipeline {
                 queues,
                 space,
                 wait,
+                disk: None,
             },
             readers,
         )
@@ -194,6 +269,9 @@ impl Pipeline {
         if batch.events.is_empty() {
             return Ok(());
         }
+        if let Some(disk) = &self.disk {
+            return Ok(disk.buffer.append(Arc::new(batch)).await?);
+        }
         let batch = Arc::new(batch);
         self.retry_until_deadline(batch.events.len(), || self.try_admit(&batch))
             .await
@@ -209,6 +287,9 @@ impl Pipeline {
     ///
     /// [`Refusal::Full`] or [`Refusal::Closed`].
     pub async fn wait_for_room(&self, bytes: usize) -> Result<(), Refusal> {
+        if let Some(disk) = &self.disk {
+            return Ok(disk.buffer.check_room(bytes)?);
+        }
         self.retry_until_deadline(0, || {
             for q in self.blocking() {
                 let state = q.lock();
@@ -272,7 +353,7 @@ impl Pipeline {
         }
         for (q, state) in self.queues.iter().zip(states.iter_mut()) {
             if q.fits(state, batch) {
-                q.push(state, batch.clone());
+                q.push(state, batch.clone(), None);
             } else {
                 q.metrics.dropped("queue_full", batch.events.len() as u64);
             }
@@ -282,18 +363,33 @@ impl Pipeline {
 
     /// Refuses every later batch and lets each sink end once it has delivered
     /// what its queue holds.
+    ///
+    /// With a disk buffer, the buffer stops taking batches and the queues
+    /// let go of what they read ahead: the sinks finish only what they
+    /// have in hand, and the rest stays in the log for the next start.
     pub fn close(&self) {
+        if let Some(disk) = &self.disk {
+            disk.buffer.close();
+        }
         for q in &self.queues {
             q.close();
         }
     }
 
-    /// Counts every event still queued as dropped for `reason` (at a shutdown
-    /// that ran out of time).
-    pub fn count_undelivered(&self, reason: &str) {
+    /// At a shutdown that ran out of time, before the late sinks are
+    /// stopped: counts every event still queued as dropped for `reason`; with
+    /// a disk buffer, saves each sink's position instead (nothing is lost)
+    /// and returns the events left in the log.
+    pub fn count_undelivered(&self, reason: &str) -> Option<u64> {
+        if let Some(disk) = &self.disk {
+            disk.stop.cancel();
+            disk.buffer.finish();
+            return Some(disk.buffer.undelivered_events());
+        }
         for q in &self.queues {
             q.metrics.dropped(reason, q.depth_events() as u64);
         }
+        None
     }
 
     /// Events waiting or being delivered, summed over all queues.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::{Batch, Space};
+use crate::buffer::Progress;
 use crate::metrics::SinkMetrics;
 
 /// What a queue does when a batch does not fit (Vector's `when_full`).
@@ -27,7 +28,9 @@ pub enum WhenFull {
 }
 
 pub(crate) struct State {
-    items: VecDeque<Arc<Batch>>,
+    /// Batches waiting, with their record's sequence number when they come
+    /// from the disk buffer.
+    items: VecDeque<(Arc<Batch>, Option<u64>)>,
     events: usize,
     bytes: usize,
     closed: bool,
@@ -43,6 +46,8 @@ pub(crate) struct Queue {
     ready: Notify,
     space: Arc<Space>,
     pub(crate) metrics: SinkMetrics,
+    /// With a disk buffer: where a batch the sink is done with is recorded.
+    progress: Option<Arc<Progress>>,
 }
 
 impl Queue {
@@ -53,6 +58,7 @@ impl Queue {
         when_full: WhenFull,
         space: Arc<Space>,
         metrics: SinkMetrics,
+        progress: Option<Arc<Progress>>,
     ) -> Self {
         let state = State {
             items: VecDeque::new(),
@@ -69,6 +75,7 @@ impl Queue {
             ready: Notify::new(),
             space,
             metrics,
+            progress,
         }
     }
 
@@ -93,12 +100,34 @@ impl Queue {
             && state.bytes + batch.retained_bytes() <= self.capacity_bytes
     }
 
-    pub(crate) fn push(&self, state: &mut State, batch: Arc<Batch>) {
+    pub(crate) fn push(&self, state: &mut State, batch: Arc<Batch>, seq: Option<u64>) {
         state.events += batch.events.len();
         state.bytes += batch.retained_bytes();
-        state.items.push_back(batch);
+        state.items.push_back((batch, seq));
         self.publish(state);
         self.ready.notify_one();
+    }
+
+    /// Puts a batch read from the disk buffer into the queue, waiting for
+    /// room (an empty queue takes any batch). `false` once the queue is
+    /// closed.
+    pub(crate) async fn push_wait(&self, batch: Arc<Batch>, seq: u64) -> bool {
+        loop {
+            let notified = self.space.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.closed {
+                    return false;
+                }
+                if state.events == 0 || self.fits(&state, &batch) {
+                    self.push(&mut state, batch, Some(seq));
+                    return true;
+                }
+            }
+            notified.await;
+        }
     }
 
     pub(crate) fn depth_events(&self) -> usize {
@@ -110,8 +139,20 @@ impl Queue {
     }
 
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
+        let mut state = self.lock();
+        state.closed = true;
+        if self.progress.is_some() {
+            // Read ahead from the disk buffer, which keeps them for the next
+            // start: the sink need only finish what it has in hand.
+            for (batch, _) in std::mem::take(&mut state.items) {
+                state.events -= batch.events.len();
+                state.bytes -= batch.retained_bytes();
+            }
+            self.publish(&state);
+        }
+        drop(state);
         self.ready.notify_one();
+        self.space.notify.notify_waiters();
     }
 
     fn publish(&self, state: &State) {
@@ -119,7 +160,10 @@ impl Queue {
         self.metrics.queue_bytes.set(state.bytes as i64);
     }
 
-    fn release(&self, batch: &Batch) {
+    fn release(&self, batch: &Batch, seq: Option<u64>) {
+        if let (Some(p), Some(seq)) = (&self.progress, seq) {
+            p.done(seq);
+        }
         let mut state = self.lock();
         state.events -= batch.events.len();
         state.bytes -= batch.retained_bytes();
@@ -140,11 +184,12 @@ pub struct Delivery {
     /// The batch.
     pub batch: Arc<Batch>,
     queue: Arc<Queue>,
+    seq: Option<u64>,
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        self.queue.release(&self.batch);
+        self.queue.release(&self.batch, self.seq);
     }
 }
 
@@ -166,10 +211,11 @@ impl QueueReader {
 
     /// The next batch if one is waiting.
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        let batch = self.queue.lock().items.pop_front()?;
+        let (batch, seq) = self.queue.lock().items.pop_front()?;
         Some(Delivery {
             batch,
             queue: self.queue.clone(),
+            seq,
         })
     }
 

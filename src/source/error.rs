@@ -73,7 +73,7 @@ impl RequestError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::ShuttingDown
-            | Self::Refused(Refusal::Full { .. } | Refusal::Closed)
+            | Self::Refused(Refusal::Full { .. } | Refusal::Closed | Refusal::Buffer(_))
             | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -96,7 +96,7 @@ impl RequestError {
             Self::ShuttingDown | Self::Refused(Refusal::Closed) | Self::Busy(Refusal::Closed) => {
                 "shutting_down"
             }
-            Self::Busy(_) => "queue_full",
+            Self::Busy(r) => r.reason(),
             Self::Unauthenticated(_) => "unauthenticated",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::NotFound(_) => "not_found",
@@ -107,8 +107,7 @@ impl RequestError {
             Self::BodyRead(_) => "body_read",
             Self::InvalidGzip(_) => "invalid_gzip",
             Self::Decode(e) => e.reason(),
-            Self::Refused(Refusal::Full { .. }) => "queue_full",
-            Self::Refused(Refusal::TooLarge { .. }) => "batch_too_large",
+            Self::Refused(r) => r.reason(),
         }
     }
 

@@ -219,7 +219,12 @@ impl Log {
         Ok(at)
     }
 
-    fn write(&self, payload: &[u8], events: u32, time_ms: u64) -> Result<Appended, AppendError> {
+    pub(crate) fn write(
+        &self,
+        payload: &[u8],
+        events: u32,
+        time_ms: u64,
+    ) -> Result<Appended, AppendError> {
         let mut w = lock(&self.w);
         if w.closed {
             return Err(AppendError::Closed);

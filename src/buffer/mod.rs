@@ -115,6 +115,7 @@ pub struct DiskBuffer {
     damage_seen: Mutex<HashSet<Pos>>,
     checkpoint_interval: Duration,
     main_metrics: Metrics,
+    last_error_log_ms: std::sync::atomic::AtomicU64,
     _lock: File,
 }
 
@@ -270,6 +271,7 @@ impl DiskBuffer {
             damage_seen: Mutex::new(HashSet::new()),
             checkpoint_interval: Duration::from_millis(cfg.checkpoint_interval_ms),
             main_metrics: metrics.clone(),
+            last_error_log_ms: std::sync::atomic::AtomicU64::new(0),
             _lock: lock,
         });
         buffer.publish_metrics();
@@ -374,7 +376,24 @@ impl DiskBuffer {
         if let Some(kind) = e.kind() {
             self.metrics.disk_errors.with_label_values(&[kind]).inc();
         }
-        tracing::error!(error = %e, path = %self.dir.display(), "disk buffer: refusing a request");
+        // One line per 10 s: a full disk refuses every request.
+        let now = now_ms();
+        let last = self
+            .last_error_log_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now >= last + 10_000
+            && self
+                .last_error_log_ms
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::error!(error = %e, path = %self.dir.display(), "disk buffer: refusing requests with 503 until the disk takes writes again");
+        }
         BufferRefusal::Disk(e.to_string())
     }
 

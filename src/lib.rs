@@ -4,8 +4,14 @@
 //! # Layout
 //!
 //! In data-flow order:
+//! - [`source`]: the webhook listeners (HTTP and HTTPS) and request handling.
 //! - [`decode`]: validates a body with simd-json and splits it into events,
 //!   zero-copy.
+//! - [`pipeline`]: whole-batch admission into one bounded queue per sink.
+//! - [`buffer`]: the disk buffer, a write-ahead log shared by all sinks.
+//! - [`sink`]: delivery (stdout, HTTP, TCP).
+//! - [`config`], [`metrics`], [`tls`], [`admin`] (health and metrics
+//!   endpoints), [`server`] (connection handling) and [`app`] (wiring).
 pub mod admin;
 pub mod app;
 pub mod buffer;

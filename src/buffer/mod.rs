@@ -716,7 +716,7 @@ fn recover(dir: &Path, max_payload: u32) -> std::io::Result<Recovered> {
             .write(last)
             .open(&path)?;
         let size = file.metadata()?.len();
-        let walk = segment::walk(&file, 0, size, max_payload, last)?;
+        let walk = segment::walk(&file, 0, size, max_payload, last, Some(record::seed(first)))?;
         if walk.damaged > 0 {
             damaged += walk.damaged;
             tracing::error!(
@@ -777,7 +777,7 @@ fn backlog_from(dir: &Path, segs: &[SegMeta], pos: Pos, max_payload: u32) -> std
         .sum();
     if let Some(seg) = segs.iter().find(|s| s.first == pos.seg) {
         let file = File::open(dir.join(segment::file_name(seg.first)))?;
-        events += segment::walk(&file, pos.off, seg.len, max_payload, false)?.events;
+        events += segment::walk(&file, pos.off, seg.len, max_payload, false, None)?.events;
     }
     Ok(events)
 }

@@ -152,6 +152,9 @@ pub(crate) struct Walk {
 /// Walks the records of `file` from `from` to `end`, skipping damage. With
 /// `verify`, each payload is read and checked; without it only headers are
 /// read (a damaged header still triggers a checked scan for the next record).
+/// `chain` is the checksum the first record must name as its predecessor
+/// (the file's seed when walking from its start): a record that validates on
+/// its own but breaks the chain is a stale one and counts as damage.
 /// Memory stays at one record (and one 1 MiB window), whatever the size.
 pub(crate) fn walk(
     file: &File,
@@ -159,6 +162,7 @@ pub(crate) fn walk(
     end: u64,
     max_payload: u32,
     verify: bool,
+    mut chain: Option<u32>,
 ) -> io::Result<Walk> {
     let mut w = Walk {
         valid_end: from,
@@ -166,9 +170,18 @@ pub(crate) fn walk(
     };
     let mut off = from;
     loop {
-        match read_at(file, off, end, max_payload, verify)? {
+        let found = match read_at(file, off, end, max_payload, verify)? {
+            Found::Record { header, .. } | Found::Header { header, .. }
+                if chain.is_some_and(|c| c != header.prev_crc) =>
+            {
+                Found::Damaged
+            }
+            found => found,
+        };
+        match found {
             Found::End => return Ok(w),
             Found::Record { header, next, .. } | Found::Header { header, next } => {
+                chain = Some(header.crc);
                 w.records += 1;
                 w.events += u64::from(header.events);
                 w.last_seq = header.seq;
@@ -179,6 +192,7 @@ pub(crate) fn walk(
             Found::Damaged => {
                 w.damaged += 1;
                 w.first_damage.get_or_insert(off);
+                chain = None;
                 match resync(file, off + 8, end, w.last_seq, max_payload)? {
                     Some(next) => off = next,
                     None => return Ok(w),

@@ -157,7 +157,7 @@ async fn a_torn_last_record_is_cut_at_every_byte_and_the_rest_delivered() {
     let whole = std::fs::read(&wal).unwrap();
     let last_start = {
         let f = File::open(&wal).unwrap();
-        let w = segment::walk(&f, 0, whole.len() as u64, 1 << 20, true).unwrap();
+        let w = segment::walk(&f, 0, whole.len() as u64, 1 << 20, true, None).unwrap();
         assert_eq!(w.records, 5);
         let mut off = 0;
         for _ in 0..4 {
@@ -665,4 +665,48 @@ proptest! {
         prop_assert!(missing.is_empty(), "acknowledged batches lost: {:?}", missing);
         prop_assert!(got.iter().all(|id| *id < next_id));
     }
+}
+
+#[tokio::test]
+async fn a_stale_record_that_validates_on_its_own_breaks_the_chain_and_is_cut() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_log(a.path(), 1 << 20, 0..3);
+    write_log(b.path(), 1 << 20, 100..104);
+    let (wal_a, wal_b) = (
+        wal_files(a.path()).pop().unwrap(),
+        wal_files(b.path()).pop().unwrap(),
+    );
+    let a_bytes = std::fs::read(&wal_a).unwrap();
+    let b_bytes = std::fs::read(&wal_b).unwrap();
+    // Record 4 of the other log (its sequence number 4 follows ours, 3).
+    let f = File::open(&wal_b).unwrap();
+    let three = segment::walk(&f, 0, b_bytes.len() as u64, 1 << 20, true, None).unwrap();
+    let f = File::open(&wal_b).unwrap();
+    let first_three = {
+        let mut off = 0u64;
+        for _ in 0..3 {
+            let Found::Record { next, .. } =
+                segment::read_at(&f, off, b_bytes.len() as u64, 1 << 20, true).unwrap()
+            else {
+                panic!()
+            };
+            off = next;
+        }
+        off as usize
+    };
+    assert_eq!(three.records, 4);
+    let mut spliced = a_bytes.clone();
+    spliced.extend_from_slice(&b_bytes[first_three..]);
+    std::fs::write(&wal_a, &spliced).unwrap();
+    let (got, m) = drain(a.path(), 1 << 20, Duration::from_millis(300)).await;
+    assert_eq!(got, vec![0, 1, 2]);
+    assert_eq!(
+        counter(&m, "audit_forwarder_buffer_corrupt_records_total"),
+        1.0
+    );
+    assert_eq!(
+        std::fs::metadata(&wal_a).unwrap().len(),
+        a_bytes.len() as u64,
+        "the stale record is cut off"
+    );
 }

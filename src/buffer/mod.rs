@@ -504,7 +504,8 @@ impl DiskBuffer {
         }
     }
 
-    /// Refuses further appends and stops the feeders.
+    /// Refuses further appends; the feeders end once they have read the
+    /// rest of the log.
     pub fn close(&self) {
         self.log.close();
     }
@@ -525,7 +526,7 @@ impl DiskBuffer {
     }
 
     /// Feeds the queue of sink `index` from the log until the log is closed
-    /// or the queue refuses more. `push` waits for room in the queue and
+    /// and read to its end, or the queue refuses more. `push` waits for room in the queue and
     /// returns `false` when the queue is closed.
     pub(crate) async fn feed<F, Fut>(self: Arc<Self>, index: usize, mut push: F)
     where
@@ -538,9 +539,7 @@ impl DiskBuffer {
             let changed = self.log.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.log.is_closed() {
-                return;
-            }
+            let closed = self.log.is_closed();
             let at = p.read_position();
             let next = match self.cache.get(at.pos) {
                 Some(c) => Next::Record {
@@ -576,6 +575,8 @@ impl DiskBuffer {
                     }
                 }
                 Next::MoveTo(pos) => p.move_to(at, pos),
+                // Closed and everything read: the sink drains its queue.
+                Next::Wait if closed => return,
                 Next::Wait => changed.await,
             }
         }

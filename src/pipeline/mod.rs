@@ -184,10 +184,17 @@ impl Pipeline {
         let stop = CancellationToken::new();
         for (i, q) in pipeline.queues.iter().enumerate() {
             let q = q.clone();
-            tokio::spawn(buffer.clone().feed(i, move |batch, seq| {
+            let feed = buffer.clone().feed(i, {
                 let q = q.clone();
-                async move { q.push_wait(batch, seq).await }
-            }));
+                move |batch, seq| {
+                    let q = q.clone();
+                    async move { q.push_wait(batch, seq).await }
+                }
+            });
+            tokio::spawn(async move {
+                feed.await;
+                q.close();
+            });
         }
         tokio::spawn(buffer.clone().run_checkpoints(stop.clone()));
         let pipeline = Self {
@@ -364,12 +371,14 @@ impl Pipeline {
     /// Refuses every later batch and lets each sink end once it has delivered
     /// what its queue holds.
     ///
-    /// With a disk buffer, the buffer stops taking batches and the queues
-    /// let go of what they read ahead: the sinks finish only what they
-    /// have in hand, and the rest stays in the log for the next start.
+    /// With a disk buffer, the buffer stops taking batches and each queue is
+    /// closed once its feeder has read the rest of the log: the sinks
+    /// deliver what they can until the shutdown deadline, and what they have
+    /// not delivered then stays in the log for the next start.
     pub fn close(&self) {
         if let Some(disk) = &self.disk {
             disk.buffer.close();
+            return;
         }
         for q in &self.queues {
             q.close();

@@ -139,18 +139,7 @@ impl Queue {
     }
 
     pub(crate) fn close(&self) {
-        let mut state = self.lock();
-        state.closed = true;
-        if self.progress.is_some() {
-            // Read ahead from the disk buffer, which keeps them for the next
-            // start: the sink need only finish what it has in hand.
-            for (batch, _) in std::mem::take(&mut state.items) {
-                state.events -= batch.events.len();
-                state.bytes -= batch.retained_bytes();
-            }
-            self.publish(&state);
-        }
-        drop(state);
+        self.lock().closed = true;
         self.ready.notify_one();
         self.space.notify.notify_waiters();
     }

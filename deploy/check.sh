@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # The oldest and the newest Kubernetes versions whose schemas
 # kubernetes-validate ships here.
 K8S_VERSIONS=(1.25.0 1.37.0)
-OVERLAYS=(stdout private-backend external-mtls)
+OVERLAYS=(stdout private-backend external-mtls private-backend-pvc)
 
 work=$(mktemp -d)
 pids=()
@@ -39,6 +39,7 @@ for o in "${OVERLAYS[@]}"; do
   kubectl kustomize "deploy/overlays/$o" > "$work/$o.yaml"
 done
 kubectl kustomize deploy/monitoring > "$work/monitoring.yaml"
+kubectl kustomize deploy/base > "$work/base.yaml"
 
 step "schemas: every object but the Prometheus Operator's, strict, Kubernetes ${K8S_VERSIONS[*]}"
 # kubernetes-validate knows only the built-in kinds: the ServiceMonitor is
@@ -65,9 +66,9 @@ for v in "${K8S_VERSIONS[@]}"; do
   done
 done
 
-step "rendered objects: security posture, probes, grace period, memory sizing, network policy, ServiceMonitor"
+step "rendered objects: security posture, probes, grace period, memory and disk buffer sizing, network policy, ServiceMonitor"
 python3 - "$work" "${OVERLAYS[@]}" <<'EOF'
-import re, sys, yaml
+import copy, re, sys, yaml
 work, overlays = sys.argv[1], sys.argv[2:]
 MIB = 1 << 20
 problems = []
@@ -77,8 +78,25 @@ def need(cond, what):
         problems.append(what)
 
 def quantity(q):
-    m = re.fullmatch(r"(\d+)(Mi|Gi)?", str(q))
-    return int(m.group(1)) * {"Mi": MIB, "Gi": 1 << 30, None: 1}[m.group(2)]
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)?", str(q))
+    return int(m.group(1)) * {"Ki": 1 << 10, "Mi": MIB, "Gi": 1 << 30, "Ti": 1 << 40, None: 1}[m.group(2)]
+
+def pod_template(workload):
+    """The pod template without what an overlay may set for itself: the
+    buffer volume (an emptyDir or a claim), the ephemeral-storage request, the
+    memory limit and the generated ConfigMap's name."""
+    t = copy.deepcopy(workload["spec"]["template"])
+    pod = t["spec"]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "buffer"]
+    for v in pod["volumes"]:
+        if "configMap" in v:
+            v["configMap"]["name"] = "CONFIG"
+    res = pod["containers"][0]["resources"]
+    res["requests"].pop("ephemeral-storage", None)
+    res["limits"].pop("memory", None)
+    return t
+
+base_dep = [d for d in yaml.safe_load_all(open(f"{work}/base.yaml")) if d["kind"] == "Deployment"][0]
 
 for o in overlays:
     docs = list(yaml.safe_load_all(open(f"{work}/{o}.yaml")))
@@ -88,8 +106,13 @@ for o in overlays:
     ns = by_kind["Namespace"][0]["metadata"]["labels"]
     for mode in ("enforce", "audit", "warn"):
         need(ns.get(f"pod-security.kubernetes.io/{mode}") == "restricted", f"{o}: namespace {mode} is not restricted")
-    dep = by_kind["Deployment"][0]
+    workloads = by_kind.get("Deployment", []) + by_kind.get("StatefulSet", [])
+    need(len(workloads) == 1, f"{o}: {len(workloads)} Deployments and StatefulSets, not one")
+    dep = workloads[0]
     pod = dep["spec"]["template"]["spec"]
+    # A StatefulSet overlay brings its own copy of the base's pod.
+    if dep["kind"] == "StatefulSet":
+        need(pod_template(dep) == pod_template(base_dep), f"{o}: the StatefulSet's pod differs from base/deployment.yaml's")
     psc = pod["securityContext"]
     need(psc.get("runAsNonRoot") is True, f"{o}: pod runAsNonRoot")
     need(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{o}: seccomp RuntimeDefault")
@@ -142,6 +165,35 @@ for o in overlays:
                     ("PodDisruptionBudget", by_kind["PodDisruptionBudget"][0]["spec"]["selector"]["matchLabels"])):
         need(s == sel, f"{o}: {kind} selects {s}, the pods carry {sel}")
     print(f"   {o}: memory limit {got // MIB} MiB = {queues // MIB} MiB queues + 2 x {body // MIB} MiB bodies + 64 MiB")
+    # The disk buffer: on, on a writable volume of its own at buffer.path that
+    # is larger than buffer.max_bytes by a tenth (at least two segments) for
+    # the filesystem and the files being replaced (deploy/README.md, "Disk
+    # buffer"); owned by the pod's group; emptyDirs requested from the node.
+    buf = cfg.get("buffer", {})
+    need(buf.get("type") == "disk", f"{o}: buffer.type is {buf.get('type', 'memory')}, not disk")
+    bpath = buf.get("path", "/var/lib/kube-audit-forwarder/buffer")
+    max_bytes = buf.get("max_bytes", 10 << 30)
+    least = max_bytes + max(max_bytes // 10, 2 * buf.get("segment_bytes", 64 * MIB))
+    bmount = mounts.get(bpath)
+    need(bmount is not None and not bmount.get("readOnly"), f"{o}: buffer.path {bpath} is not a writable volume mount")
+    claims = {t["metadata"]["name"]: t for t in dep["spec"].get("volumeClaimTemplates", [])}
+    size, where = 0, "nothing"
+    if bmount is not None and bmount["name"] in claims:
+        spec = claims[bmount["name"]]["spec"]
+        need(spec["accessModes"] == ["ReadWriteOnce"], f"{o}: buffer claim access modes {spec['accessModes']}")
+        size, where = quantity(spec["resources"]["requests"]["storage"]), "a claim of"
+    elif bmount is not None and "emptyDir" in vols.get(bmount["name"], {}):
+        ed = vols[bmount["name"]]["emptyDir"]
+        need(ed.get("medium") != "Memory", f"{o}: the buffer's emptyDir is a tmpfs (medium: Memory)")
+        need("sizeLimit" in ed, f"{o}: the buffer's emptyDir has no sizeLimit")
+        size, where = quantity(ed.get("sizeLimit", 0)), "an emptyDir of"
+    need(size >= least, f"{o}: buffer volume {size // MIB} MiB, buffer.max_bytes {max_bytes // MIB} MiB needs {least // MIB} MiB")
+    need(psc.get("fsGroup") == psc.get("runAsGroup") and psc.get("fsGroupChangePolicy") == "OnRootMismatch",
+         f"{o}: the pod's fsGroup must be its group, changed OnRootMismatch")
+    empty = sum(quantity(v["emptyDir"].get("sizeLimit", 0)) for v in pod["volumes"] if "emptyDir" in v)
+    eph = quantity(c["resources"]["requests"].get("ephemeral-storage", 0))
+    need(eph >= empty, f"{o}: ephemeral-storage request {eph // MIB} MiB, the emptyDirs may take {empty // MIB} MiB")
+    print(f"   {o}: disk buffer of {max_bytes / (1 << 30):g} GiB on {where} {size / (1 << 30):g} GiB ({dep['kind']})")
 
 # The ServiceMonitor, by shape: it must select the Service and its metrics port.
 for sm in yaml.safe_load_all(open(f"{work}/monitoring.crd.yaml")):

@@ -2,7 +2,8 @@
 //! binary as the Deployment runs it (`--config FILE`), moved to loopback by
 //! environment overrides: the kubelet's probes get their answers, events come
 //! out on stdout with nothing else there, and SIGTERM drains well inside the
-//! pod's grace period.
+//! pod's grace period. The config's disk buffer lives in a temp dir here, as
+//! it lives on the pod's volume there.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -31,11 +32,13 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 #[test]
 fn the_deployed_stdout_config_serves_probes_events_and_drains_on_sigterm() {
     let config = data("../../deploy/base/config.yaml");
+    let buffer = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&config)
         .env("AUDIT_FORWARDER__SOURCE__HTTP__ADDRESS", "127.0.0.1:0")
         .env("AUDIT_FORWARDER__METRICS__ADDRESS", "127.0.0.1:0")
+        .env("AUDIT_FORWARDER__BUFFER__PATH", buffer.path())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

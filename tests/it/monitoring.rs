@@ -1,13 +1,18 @@
 //! The dashboard and the alert rules in `deploy/monitoring/` name only metrics
 //! the forwarder exports: a typo or a renamed metric would leave a panel empty
-//! or an alert silent for ever, which nobody notices until it matters.
+//! or an alert silent for ever, which nobody notices until it matters. The
+//! forwarder runs with a disk buffer, so that the buffer's metrics (exported
+//! only then) are served too.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use kube_audit_forwarder::config::BufferKind;
+
 use crate::harness::*;
 
 const PREFIX: &str = "audit_forwarder_";
+const BUFFER_PREFIX: &str = "audit_forwarder_buffer_";
 
 fn monitoring_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -58,6 +63,8 @@ fn names_in(text: &str) -> BTreeSet<String> {
 /// a running forwarder serves, with the histograms among them.
 struct Exported {
     names: BTreeSet<String>,
+    /// Only what the running forwarder served.
+    served: BTreeSet<String>,
     histograms: BTreeSet<String>,
 }
 
@@ -77,10 +84,30 @@ impl Exported {
             .cloned()
             .collect()
     }
+
+    /// The names `reference` uses that the running forwarder did not serve,
+    /// a histogram's series counting as its name.
+    fn not_served(&self, reference: &BTreeSet<String>) -> Vec<String> {
+        reference
+            .iter()
+            .filter(|name| {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .filter(|base| self.histograms.contains(*base));
+                !self.served.contains(*name) && base.is_none()
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 async fn exported() -> Exported {
-    let fwd = Forwarder::start(config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.buffer.kind = BufferKind::Disk;
+    cfg.buffer.path = dir.path().join("buffer");
+    let fwd = Forwarder::start(cfg).await;
     // A batch, so that the labelled histograms have series to show.
     assert_eq!(fwd.post(&read("cases/BH-01/body.json")).await.status, 200);
     fwd.out.wait_lines(400).await;
@@ -94,17 +121,23 @@ async fn exported() -> Exported {
     let mut names = names_in(&read_text(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/metrics/names.rs"),
     ));
+    let mut served = BTreeSet::new();
     let mut histograms = BTreeSet::new();
     for line in text.lines() {
         if let Some(decl) = line.strip_prefix("# TYPE ") {
             let (name, kind) = decl.split_once(' ').unwrap();
             names.insert(name.to_owned());
+            served.insert(name.to_owned());
             if kind == "histogram" {
                 histograms.insert(name.to_owned());
             }
         }
     }
-    Exported { names, histograms }
+    Exported {
+        names,
+        served,
+        histograms,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -135,6 +168,12 @@ async fn dashboard_and_alerts_name_only_exported_metrics() {
         "audit_forwarder_request_duration_seconds_bucket",
         "audit_forwarder_send_duration_seconds_bucket",
         "audit_forwarder_tls_certificate_expiry_timestamp_seconds",
+        "audit_forwarder_buffer_bytes",
+        "audit_forwarder_buffer_max_bytes",
+        "audit_forwarder_buffer_oldest_event_age_seconds",
+        "audit_forwarder_buffer_fsync_duration_seconds_bucket",
+        "audit_forwarder_buffer_disk_errors_total",
+        "audit_forwarder_buffer_replayed_events_total",
     ] {
         assert!(dashboard.contains(wanted), "no panel uses {wanted}");
     }
@@ -144,11 +183,37 @@ async fn dashboard_and_alerts_name_only_exported_metrics() {
         "dashboard.json"
     );
 
+    let mut buffer: BTreeSet<String> = dashboard
+        .iter()
+        .filter(|n| n.starts_with(BUFFER_PREFIX))
+        .cloned()
+        .collect();
     for file in ["alerts.yaml", "alerts_test.yaml"] {
         let names = names_in(&read_text(monitoring_file(file)));
         assert!(names.len() >= 10, "{file}: {names:?}");
         assert_eq!(exported.missing(&names), Vec::<String>::new(), "{file}");
+        buffer.extend(names.into_iter().filter(|n| n.starts_with(BUFFER_PREFIX)));
     }
+    // The alerts the disk buffer needs watch these.
+    for wanted in [
+        "audit_forwarder_buffer_oldest_event_age_seconds",
+        "audit_forwarder_buffer_bytes",
+        "audit_forwarder_buffer_max_bytes",
+        "audit_forwarder_buffer_disk_errors_total",
+        "audit_forwarder_buffer_corrupt_records_total",
+        "audit_forwarder_buffer_filesystem_free_bytes",
+    ] {
+        assert!(buffer.contains(wanted), "no alert or panel uses {wanted}");
+    }
+    // A name in names.rs is not enough for the buffer's metrics: a forwarder
+    // with a disk buffer serves each of them after one batch, the counters
+    // at 0 (a counter that appears with its first increment hides that
+    // increment from increase(), and the alerts use increase()).
+    assert_eq!(
+        exported.not_served(&buffer),
+        Vec::<String>::new(),
+        "buffer metrics in deploy/monitoring/ that a forwarder with buffer.type disk does not serve"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

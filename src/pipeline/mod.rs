@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use batch::{Batch, Origin};
-pub use queue::{Delivery, QueueReader, WhenFull};
+pub use queue::{Delivery, QueueReader, READ_AHEAD_BYTES, WhenFull};
 
 use crate::buffer::{BufferRefusal, DiskBuffer};
 use crate::metrics::Metrics;

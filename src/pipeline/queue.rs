@@ -15,6 +15,9 @@ use super::{Batch, Space};
 use crate::buffer::Progress;
 use crate::metrics::SinkMetrics;
 
+/// Most bytes a queue fed from the disk buffer reads ahead of its sink.
+pub const READ_AHEAD_BYTES: usize = 32 << 20;
+
 /// What a queue does when a batch does not fit (Vector's `when_full`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,8 +112,10 @@ impl Queue {
     }
 
     /// Puts a batch read from the disk buffer into the queue, waiting for
-    /// room (an empty queue takes any batch). `false` once the queue is
-    /// closed.
+    /// room (an empty queue takes any batch). With a disk buffer the queue is
+    /// read-ahead from the log, so it holds at most [`READ_AHEAD_BYTES`] even
+    /// when `capacity_bytes` is larger: memory does not follow the backlog.
+    /// `false` once the queue is closed.
     pub(crate) async fn push_wait(&self, batch: Arc<Batch>, seq: u64) -> bool {
         loop {
             let notified = self.space.notify.notified();
@@ -121,7 +126,8 @@ impl Queue {
                 if state.closed {
                     return false;
                 }
-                if state.events == 0 || self.fits(&state, &batch) {
+                let read_ahead = state.bytes + batch.retained_bytes() <= READ_AHEAD_BYTES;
+                if state.events == 0 || (read_ahead && self.fits(&state, &batch)) {
                     self.push(&mut state, batch, Some(seq));
                     return true;
                 }

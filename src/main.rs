@@ -56,11 +56,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logs(&config);
-            match run(config) {
+            let set_level = init_logs(&config);
+            match run(config, cli.config, set_level) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
+                    tracing::error!("{}", error_text(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -68,9 +68,57 @@ fn main() -> ExitCode {
     }
 }
 
+/// Changes the log filter of a running process.
+type SetLevel = Box<dyn Fn(&str) + Send + Sync>;
+
 #[tokio::main]
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, file: Option<PathBuf>, set_level: SetLevel) -> anyhow::Result<()> {
+    let sinks: Vec<String> = config
+        .sinks
+        .iter()
+        .map(|s| format!("{} ({})", s.name(), sink_type(s)))
+        .collect();
     let running = App::new(config).start().await?;
+    let listeners: Vec<String> = [
+        ("http", Some(running.http_addr).filter(|a| a.port() != 0)),
+        ("https", running.https_addr),
+        ("metrics", running.metrics_addr),
+    ]
+    .into_iter()
+    .filter_map(|(kind, addr)| addr.map(|a| format!("{kind} {a}")))
+    .collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %file.as_deref().map_or_else(|| "(built-in default)".into(), |p| p.display().to_string()),
+        listeners = %listeners.join(", "),
+        sinks = %sinks.join(", "),
+        "kube-audit-forwarder started"
+    );
+    // SIGHUP (kill -HUP, or a terminal hang-up reaching the process group)
+    // reloads the configuration instead of ending the process.
+    let mut hup = signal(SignalKind::hangup()).context("failed to watch SIGHUP")?;
+    let reloader = running.reloader();
+    let metrics = running.metrics.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let shown = file
+                .as_deref()
+                .map_or_else(|| "(built-in default)".into(), |p| p.display().to_string());
+            tracing::info!(config = %shown, "SIGHUP received: reloading the configuration");
+            match config::load(file.as_deref(), std::env::vars()) {
+                Ok(new) => {
+                    let level = new.log.level.clone();
+                    if reloader.reload(new).await.is_ok() {
+                        set_level(&level);
+                    }
+                }
+                Err(e) => {
+                    metrics.config_reload("failure");
+                    tracing::error!(error = %e, "configuration reload failed; the running configuration stays");
+                }
+            }
+        }
+    });
     let token = running.shutdown_token();
     let mut term = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
@@ -94,14 +142,58 @@ async fn run(config: Config) -> anyhow::Result<()> {
     std::process::exit(0)
 }
 
-fn init_logs(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+/// Installs the log subscriber; returns what changes its filter on a reload
+/// (nothing when `RUST_LOG` is set: it takes precedence).
+fn init_logs(config: &Config) -> SetLevel {
+    use tracing_subscriber::EnvFilter;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
+    let set: SetLevel = match config.log.format {
+        LogFormat::Json => {
+            let b = builder.json().with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            Box::new(move |level| {
+                let _ = handle.reload(EnvFilter::new(level));
+            })
+        }
+        LogFormat::Text => {
+            let b = builder.with_ansi(false).with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            Box::new(move |level| {
+                let _ = handle.reload(EnvFilter::new(level));
+            })
+        }
+    };
+    if fixed { Box::new(|_| {}) } else { set }
+}
+
+fn sink_type(s: &config::SinkConfig) -> &'static str {
+    match s {
+        config::SinkConfig::Stdout(_) => "stdout",
+        config::SinkConfig::Http(_) => "http",
+        config::SinkConfig::Tcp(_) => "tcp",
     }
+}
+
+/// An error and its causes, each said once: a cause whose text the message
+/// already carries is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }

@@ -45,6 +45,7 @@ pub struct Metrics {
     queue_capacity_events: IntGaugeVec,
     queue_capacity_bytes: IntGaugeVec,
     open_connections: IntGaugeVec,
+    config_reloads: IntCounterVec,
 }
 
 /// The handles of one sink, with its label resolved once.
@@ -231,8 +232,16 @@ impl Metrics {
                 "Open client connections, by listener.",
                 &["listener"],
             ),
+            config_reloads: counter(
+                CONFIG_RELOADS_TOTAL,
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
             registry,
         };
+        for result in ["success", "restart_required", "failure"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
         let info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Build information; always 1."),
             &["version"],
@@ -256,6 +265,12 @@ impl Metrics {
         if let Some(reason) = reason {
             self.rejected.with_label_values(&[reason]).inc();
         }
+    }
+
+    /// Counts one configuration reload under
+    /// `audit_forwarder_config_reloads_total{result}`.
+    pub fn config_reload(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// Counts one body refused by the decoder.

@@ -10,10 +10,11 @@
 mod batch;
 mod queue;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -86,11 +87,17 @@ fn waited(wait_ms: u64, stalled: bool) -> String {
     }
 }
 
-/// The queues of all sinks.
+/// The queues of all sinks. The set of queues can change while requests are
+/// admitted ([`Pipeline::replace`], on a configuration reload): each admission
+/// works on one snapshot of the set, so a batch enters either the old set or
+/// the new one, never both.
 pub struct Pipeline {
-    queues: Vec<Arc<Queue>>,
+    queues: ArcSwap<Vec<Arc<Queue>>>,
+    /// Queues taken out of the set that may still hold batches being drained.
+    retired: Mutex<Vec<Arc<Queue>>>,
     space: Arc<Space>,
-    wait: Duration,
+    wait_ms: AtomicU64,
+    closed: AtomicBool,
 }
 
 /// Room given back in any queue: wakes the requests waiting for it, and
@@ -131,48 +138,78 @@ impl Pipeline {
     /// the order of `specs`. `wait` is how long [`Pipeline::admit`] waits for
     /// room before refusing.
     pub fn new(specs: &[QueueSpec], wait: Duration, metrics: &Metrics) -> (Self, Vec<QueueReader>) {
-        let space = Arc::new(Space::new());
-        let queues: Vec<Arc<Queue>> = specs
+        let pipeline = Self {
+            queues: ArcSwap::from_pointee(Vec::new()),
+            retired: Mutex::new(Vec::new()),
+            space: Arc::new(Space::new()),
+            wait_ms: AtomicU64::new(wait.as_millis() as u64),
+            closed: AtomicBool::new(false),
+        };
+        let readers = pipeline.replace(&[], specs, metrics);
+        (pipeline, readers)
+    }
+
+    fn queue(&self, s: &QueueSpec, metrics: &Metrics) -> Arc<Queue> {
+        let m = metrics.sink(&s.name, s.capacity_events, s.capacity_bytes);
+        Arc::new(Queue::new(
+            s.name.clone(),
+            s.capacity_events,
+            s.capacity_bytes,
+            s.when_full,
+            self.space.clone(),
+            m,
+        ))
+    }
+
+    /// Takes the queues of the sinks named in `remove` out of the set and adds
+    /// a new, empty queue for each of `add`, in one step: a batch admitted
+    /// from now on enters the new set. A removed queue is closed: it refuses
+    /// nothing already in it, and its reader ends once it has handed out
+    /// everything. Returns the readers of the new queues, in the order of
+    /// `add`.
+    pub fn replace(
+        &self,
+        remove: &[String],
+        add: &[QueueSpec],
+        metrics: &Metrics,
+    ) -> Vec<QueueReader> {
+        let added: Vec<Arc<Queue>> = add.iter().map(|s| self.queue(s, metrics)).collect();
+        let current = self.queues.load_full();
+        let (gone, mut kept): (Vec<_>, Vec<_>) = current
             .iter()
-            .map(|s| {
-                let m = metrics.sink(&s.name, s.capacity_events, s.capacity_bytes);
-                Arc::new(Queue::new(
-                    s.name.clone(),
-                    s.capacity_events,
-                    s.capacity_bytes,
-                    s.when_full,
-                    space.clone(),
-                    m,
-                ))
-            })
-            .collect();
-        let readers = queues
-            .iter()
-            .map(|q| QueueReader { queue: q.clone() })
-            .collect();
-        (
-            Self {
-                queues,
-                space,
-                wait,
-            },
-            readers,
-        )
+            .cloned()
+            .partition(|q| remove.contains(&q.name));
+        kept.extend(added.iter().cloned());
+        self.queues.store(Arc::new(kept));
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|q| q.depth_events() > 0);
+        for q in gone {
+            q.close();
+            retired.push(q);
+        }
+        added
+            .into_iter()
+            .map(|queue| QueueReader { queue })
+            .collect()
+    }
+
+    /// Changes how long [`Pipeline::admit`] waits for room.
+    pub fn set_wait(&self, wait: Duration) {
+        self.wait_ms
+            .store(wait.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn wait(&self) -> Duration {
+        Duration::from_millis(self.wait_ms.load(Ordering::Relaxed))
     }
 
     /// Most events one request may carry: the smallest `capacity_events` of the
     /// `block` queues (a larger batch could never be admitted).
     pub fn max_batch_events(&self) -> usize {
-        self.blocking()
+        blocking(&self.queues.load())
             .map(|q| q.capacity_events)
             .min()
             .unwrap_or(usize::MAX)
-    }
-
-    fn blocking(&self) -> impl Iterator<Item = &Arc<Queue>> {
-        self.queues
-            .iter()
-            .filter(|q| q.when_full == WhenFull::Block)
     }
 
     /// Puts `batch` into every sink's queue, all or nothing across the `block`
@@ -184,7 +221,7 @@ impl Pipeline {
     ///
     /// [`Refusal`] when the batch was not queued anywhere.
     pub async fn admit(&self, batch: Batch) -> Result<(), Refusal> {
-        if let Some(q) = self.blocking().find(|q| !q.can_ever_hold(&batch)) {
+        if let Some(q) = blocking(&self.queues.load()).find(|q| !q.can_ever_hold(&batch)) {
             return Err(Refusal::TooLarge {
                 sink: q.name.clone(),
                 events: batch.events.len(),
@@ -210,13 +247,14 @@ impl Pipeline {
     /// [`Refusal::Full`] or [`Refusal::Closed`].
     pub async fn wait_for_room(&self, bytes: usize) -> Result<(), Refusal> {
         self.retry_until_deadline(0, || {
-            for q in self.blocking() {
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(None);
+            }
+            for q in blocking(&self.queues.load()) {
                 let state = q.lock();
-                if Queue::is_closed(&state) {
-                    return Err(None);
-                }
-                if !q.has_room(&state, bytes) {
-                    return Err(Some(&q.name));
+                // A closed queue here is one a reload took out of the set.
+                if !Queue::is_closed(&state) && !q.has_room(&state, bytes) {
+                    return Err(Some(q.name.clone()));
                 }
             }
             Ok(())
@@ -230,12 +268,13 @@ impl Pipeline {
     /// or dead sink) and the request is refused at once: DESIGN.md's bounded
     /// contract wants an overloaded forwarder to answer 503 fast rather than
     /// hold requests open, and the API server retries.
-    async fn retry_until_deadline<'a>(
-        &'a self,
+    async fn retry_until_deadline(
+        &self,
         events: usize,
-        attempt: impl Fn() -> Result<(), Option<&'a str>>,
+        attempt: impl Fn() -> Result<(), Option<String>>,
     ) -> Result<(), Refusal> {
-        let deadline = Instant::now() + self.wait;
+        let wait = self.wait();
+        let deadline = Instant::now() + wait;
         loop {
             let notified = self.space.notify.notified();
             tokio::pin!(notified);
@@ -244,12 +283,12 @@ impl Pipeline {
                 Ok(()) => return Ok(()),
                 Err(None) => return Err(Refusal::Closed),
                 Err(Some(full)) => {
-                    let stalled = self.space.since_freed() >= self.wait;
+                    let stalled = self.space.since_freed() >= wait;
                     if stalled || tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return Err(Refusal::Full {
-                            sink: full.to_owned(),
+                            sink: full,
                             events,
-                            wait_ms: self.wait.as_millis() as u64,
+                            wait_ms: wait.as_millis() as u64,
                             stalled,
                         });
                     }
@@ -258,48 +297,80 @@ impl Pipeline {
         }
     }
 
-    /// One attempt under all the locks. `Err(Some(sink))` names a full `block`
-    /// queue; `Err(None)` means closed.
-    fn try_admit(&self, batch: &Arc<Batch>) -> Result<(), Option<&str>> {
-        let mut states: Vec<_> = self.queues.iter().map(|q| q.lock()).collect();
-        for (q, state) in self.queues.iter().zip(&states) {
-            if Queue::is_closed(state) {
+    /// One attempt under all the locks of one snapshot of the set.
+    /// `Err(Some(sink))` names a full `block` queue; `Err(None)` means closed.
+    fn try_admit(&self, batch: &Arc<Batch>) -> Result<(), Option<String>> {
+        // A closed queue in a snapshot, while the pipeline is open, is one a
+        // reload took out of the set after the snapshot was taken: the new set
+        // is already in place, so the attempt starts again on it. Reloads are
+        // rare; the bound only keeps the loop finite.
+        for _ in 0..16 {
+            let queues = self.queues.load();
+            let mut states: Vec<_> = queues.iter().map(|q| q.lock()).collect();
+            // Checked under the locks: `close` sets the flag before it closes
+            // any queue, and closing a queue takes its lock.
+            if self.closed.load(Ordering::SeqCst) {
                 return Err(None);
             }
-            if q.when_full == WhenFull::Block && !q.fits(state, batch) {
-                return Err(Some(&q.name));
+            if states.iter().any(|s| Queue::is_closed(s)) {
+                continue;
             }
-        }
-        for (q, state) in self.queues.iter().zip(states.iter_mut()) {
-            if q.fits(state, batch) {
-                q.push(state, batch.clone());
-            } else {
-                q.metrics.dropped("queue_full", batch.events.len() as u64);
+            for (q, state) in queues.iter().zip(&states) {
+                if q.when_full == WhenFull::Block && !q.fits(state, batch) {
+                    return Err(Some(q.name.clone()));
+                }
             }
+            for (q, state) in queues.iter().zip(states.iter_mut()) {
+                if q.fits(state, batch) {
+                    q.push(state, batch.clone());
+                } else {
+                    q.metrics.dropped("queue_full", batch.events.len() as u64);
+                }
+            }
+            return Ok(());
         }
-        Ok(())
+        Err(None)
     }
 
     /// Refuses every later batch and lets each sink end once it has delivered
     /// what its queue holds.
     pub fn close(&self) {
-        for q in &self.queues {
+        self.closed.store(true, Ordering::SeqCst);
+        for q in self.queues.load().iter() {
             q.close();
         }
+    }
+
+    /// Every queue, those a reload took out of the set and that still hold
+    /// batches included.
+    fn all(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<_> = self.queues.load().iter().cloned().collect();
+        all.extend(
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        all
     }
 
     /// Counts every event still queued as dropped for `reason` (at a shutdown
     /// that ran out of time).
     pub fn count_undelivered(&self, reason: &str) {
-        for q in &self.queues {
+        for q in self.all() {
             q.metrics.dropped(reason, q.depth_events() as u64);
         }
     }
 
     /// Events waiting or being delivered, summed over all queues.
     pub fn depth_events(&self) -> usize {
-        self.queues.iter().map(|q| q.depth_events()).sum()
+        self.all().iter().map(|q| q.depth_events()).sum()
     }
+}
+
+fn blocking(queues: &[Arc<Queue>]) -> impl Iterator<Item = &Arc<Queue>> {
+    queues.iter().filter(|q| q.when_full == WhenFull::Block)
 }
 
 #[cfg(test)]

@@ -158,7 +158,13 @@ impl Handler {
     }
 
     async fn decode(&self, wire: Bytes, gzip: bool) -> Result<(Bytes, Decoded), RequestError> {
-        let (limit, opts) = (self.max_decoded_bytes, self.decode);
+        // The sinks' queues can change on a reload: a batch larger than the
+        // smallest `block` queue is refused while it is decoded.
+        let opts = DecodeOptions {
+            max_events: self.pipeline.max_batch_events(),
+            ..self.decode
+        };
+        let limit = self.max_decoded_bytes;
         // gzip commonly expands audit JSON about tenfold.
         let inline = wire.len() * if gzip { 10 } else { 1 } <= INLINE_DECODE_BYTES;
         let work = move || body::unpack(wire, gzip, limit, &opts);

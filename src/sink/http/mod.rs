@@ -188,7 +188,19 @@ impl HttpSink {
                 Duration::from_secs(cfg.retry.max_backoff_secs),
             ),
             max_in_flight: cfg.max_in_flight,
-            dead_letter: cfg.dead_letter_file.clone().map(DeadLetter::new),
+            dead_letter: match &cfg.dead_letter_file {
+                Some(path) => {
+                    let dl = DeadLetter::new(path.clone());
+                    dl.check().with_context(|| {
+                        format!(
+                            "dead_letter_file {}: cannot be opened for appending",
+                            path.display()
+                        )
+                    })?;
+                    Some(dl)
+                }
+                None => None,
+            },
             health: cfg.health_check.clone(),
             metrics,
             tls: urls_use_tls.then_some(tls),
@@ -371,17 +383,31 @@ impl HttpSink {
         self.metrics.bytes_sent.inc_by(bytes as u64);
     }
 
+    /// Events rejected for good: logged, counted, and appended to the
+    /// dead-letter file when there is one. While the file cannot be written
+    /// the events are held (with their room in the queue) and the write is
+    /// tried again with backoff; they count as dead-lettered once written.
     async fn dead_letter(&self, events: &[EventRef], status: u16) {
-        self.metrics.dead_lettered.inc_by(events.len() as u64);
         self.metrics
             .error(&format!("http_{}xx", status / 100), events.len() as u64);
         let ids: Vec<String> = events.iter().take(10).map(EventRef::audit_id).collect();
         tracing::error!(sink = %self.name, status, events = events.len(), audit_ids = ?ids, "endpoint rejected events for good");
-        if let Some(dl) = &self.dead_letter
-            && let Err(e) = dl.append(events.iter().map(EventRef::event)).await
-        {
-            tracing::error!(sink = %self.name, file = %dl.path().display(), error = %e, "failed to write the dead-letter file");
+        if let Some(dl) = &self.dead_letter {
+            let mut backoff = self.backoff.clone();
+            let mut failing = false;
+            while let Err(e) = dl.append(events.iter().map(EventRef::event)).await {
+                self.metrics.error("dead_letter_write", events.len() as u64);
+                if !failing {
+                    tracing::error!(sink = %self.name, file = %dl.path().display(), error = %e, events = events.len(), "failed to write the dead-letter file; holding the events and retrying");
+                }
+                failing = true;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            if failing {
+                tracing::info!(sink = %self.name, file = %dl.path().display(), "dead-letter file written again");
+            }
         }
+        self.metrics.dead_lettered.inc_by(events.len() as u64);
     }
 
     /// Sends one body until an endpoint takes it or rejects it for good.

@@ -137,6 +137,72 @@ async fn http_passthrough_gzip_when_configured() {
 }
 
 #[tokio::test]
+async fn http_passthrough_relays_a_gzip_body_as_received_and_the_path_when_asked() {
+    use std::io::Write;
+    let (relay, decoded) = (HttpBackend::start().await, HttpBackend::start().await);
+    let mut as_received = http(&[format!("http://{}/ingest/", relay.addr)]);
+    as_received.name = "relay".into();
+    as_received.forward_path = true;
+    let mut plain = http(&[format!("http://{}/ingest", decoded.addr)]);
+    plain.name = "decoded".into();
+    plain.compression = Compression::None;
+    let fwd = Forwarder::start(with_sinks(vec![
+        SinkConfig::Http(as_received),
+        SinkConfig::Http(plain),
+    ]))
+    .await;
+    let body = list(1..4);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&body).unwrap();
+    let wire = gz.finish().unwrap();
+    let gzip = [("Content-Encoding", "gzip")];
+    assert_eq!(
+        post(fwd.addr, "/post?timeout=30s", &gzip, &wire)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        post(fwd.addr, "/k8s-audit", &[], &list(4..5)).await.status,
+        200
+    );
+    for backend in [&relay, &decoded] {
+        wait_ids(
+            "2 requests",
+            || backend.recorded().iter().map(|r| r.path.clone()).collect(),
+            2,
+        )
+        .await;
+    }
+    let mut got = relay.recorded();
+    got.sort_by_key(|r| r.target.clone());
+    assert_eq!(got[0].target, "/ingest/k8s-audit");
+    assert_eq!(got[1].target, "/ingest/post?timeout=30s");
+    assert_eq!(got[1].headers["content-encoding"], "gzip");
+    assert_eq!(
+        got[1].body[..],
+        wire[..],
+        "the received gzip bytes, unchanged"
+    );
+    assert!(got[0].headers.get("content-encoding").is_none());
+    assert_eq!(got[0].body[..], list(4..5)[..]);
+    let got = decoded.recorded();
+    assert!(
+        got.iter().all(|r| r.target == "/ingest"),
+        "the endpoint URL as written"
+    );
+    assert!(
+        got.iter()
+            .all(|r| r.headers.get("content-encoding").is_none())
+    );
+    assert!(
+        got.iter().any(|r| r.body[..] == body[..]),
+        "decompressed on request"
+    );
+    fwd.stop().await;
+}
+
+#[tokio::test]
 async fn http_ndjson_and_json_array_rebatch_events() {
     for encoding in [Encoding::Ndjson, Encoding::JsonArray] {
         let backend = HttpBackend::start().await;

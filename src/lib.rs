@@ -14,6 +14,7 @@ pub mod config;
 pub mod decode;
 pub mod metrics;
 pub mod pipeline;
+mod ratelimit;
 pub mod reload;
 pub mod server;
 pub mod sink;

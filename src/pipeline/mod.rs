@@ -98,6 +98,8 @@ pub struct Pipeline {
     space: Arc<Space>,
     wait_ms: AtomicU64,
     closed: AtomicBool,
+    /// Batches a `drop_newest` queue had no room for: one line per period.
+    drop_log: crate::ratelimit::RateLimit,
 }
 
 /// Room given back in any queue: wakes the requests waiting for it, and
@@ -144,6 +146,7 @@ impl Pipeline {
             space: Arc::new(Space::new()),
             wait_ms: AtomicU64::new(wait.as_millis() as u64),
             closed: AtomicBool::new(false),
+            drop_log: crate::ratelimit::RateLimit::new(Duration::from_secs(10)),
         };
         let readers = pipeline.replace(&[], specs, metrics);
         (pipeline, readers)
@@ -320,12 +323,25 @@ impl Pipeline {
                     return Err(Some(q.name.clone()));
                 }
             }
+            let mut dropped_for = None;
             for (q, state) in queues.iter().zip(states.iter_mut()) {
                 if q.fits(state, batch) {
                     q.push(state, batch.clone());
                 } else {
                     q.metrics.dropped("queue_full", batch.events.len() as u64);
+                    dropped_for = Some(q.name.clone());
                 }
+            }
+            drop(states);
+            if let Some(sink) = dropped_for
+                && let Some(suppressed) = self.drop_log.allow()
+            {
+                tracing::warn!(
+                    sink,
+                    events = batch.events.len(),
+                    suppressed,
+                    "queue full: dropping a batch for this drop_newest sink (counted in audit_forwarder_events_dropped_total)"
+                );
             }
             return Ok(());
         }

@@ -1,7 +1,7 @@
 //! Handling of one webhook request: checks, body, decode, admission, answer.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +17,8 @@ use crate::config::HttpSourceConfig;
 use crate::decode::{DecodeOptions, Decoded};
 use crate::metrics::Metrics;
 use crate::pipeline::{Batch, Origin, Pipeline};
+use crate::ratelimit::RateLimit;
+use crate::server::ClientAddr;
 
 /// Bodies larger than this are decompressed and decoded on the blocking pool,
 /// so that they do not hold up other connections on the same worker.
@@ -33,7 +35,41 @@ pub struct Handler {
     pipeline: Arc<Pipeline>,
     metrics: Metrics,
     draining: CancellationToken,
+    /// 503s (overload, shutdown): one line per period.
+    busy_log: RateLimit,
+    /// Every other refusal: one line per period.
     refusal_log: RateLimit,
+}
+
+/// Who sent a request, for the log line of a refusal: enough to find a stray
+/// sender.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// The peer's address, when the server recorded it ([`ClientAddr`]).
+    pub addr: Option<SocketAddr>,
+    /// The request target's path.
+    pub path: String,
+    /// The `User-Agent` header (lossy UTF-8, at most 200 bytes).
+    pub user_agent: String,
+}
+
+impl Client {
+    /// What `req` says of its sender.
+    pub fn of<B>(req: &Request<B>) -> Self {
+        let agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(&v.as_bytes()[..v.len().min(200)]).into_owned())
+            .unwrap_or_default();
+        let path = req.uri().path();
+        // At most 200 bytes; a URI path is ASCII.
+        let path = path.get(..200).unwrap_or(path).to_owned();
+        Self {
+            addr: req.extensions().get::<ClientAddr>().map(|c| c.0),
+            path,
+            user_agent: agent,
+        }
+    }
 }
 
 impl Handler {
@@ -60,6 +96,7 @@ impl Handler {
             pipeline,
             metrics,
             draining,
+            busy_log: RateLimit::new(Duration::from_secs(10)),
             refusal_log: RateLimit::new(Duration::from_secs(10)),
         }
     }
@@ -67,6 +104,7 @@ impl Handler {
     /// Answers one request. Never fails: every error becomes its HTTP answer.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
+        let client = Client::of(&req);
         let result = self.accept(req).await;
         let seconds = started.elapsed().as_secs_f64();
         match result {
@@ -76,7 +114,7 @@ impl Handler {
                 json_response(StatusCode::OK, body.into_bytes())
             }
             Err(e) => {
-                self.log(&e);
+                self.log(&client, &e);
                 self.metrics
                     .request(e.status().as_u16(), Some(e.reason()), seconds);
                 e.into_response(self.retry_after_secs)
@@ -86,8 +124,8 @@ impl Handler {
 
     /// Answers a request with `e` without looking at it, counted and logged
     /// like any refusal.
-    pub fn refuse(&self, e: RequestError) -> Response<Full<Bytes>> {
-        self.log(&e);
+    pub fn refuse(&self, client: &Client, e: RequestError) -> Response<Full<Bytes>> {
+        self.log(client, &e);
         self.metrics
             .request(e.status().as_u16(), Some(e.reason()), 0.0);
         e.into_response(self.retry_after_secs)
@@ -189,16 +227,22 @@ impl Handler {
         result
     }
 
-    fn log(&self, e: &RequestError) {
+    fn log(&self, client: &Client, e: &RequestError) {
+        let addr = client.addr.map(|a| a.to_string()).unwrap_or_default();
+        let (path, agent) = (&client.path, &client.user_agent);
         match e {
             RequestError::Refused(_) | RequestError::Busy(_) | RequestError::ShuttingDown => {
-                if let Some(suppressed) = self.refusal_log.allow() {
-                    tracing::warn!(error = %e, suppressed, "refusing webhook request with 503");
+                if let Some(suppressed) = self.busy_log.allow() {
+                    tracing::warn!(error = %e, client = %addr, path = %path, user_agent = %agent, suppressed, "refusing webhook request with 503");
                 }
             }
-            RequestError::BodyRead(_) => tracing::debug!(error = %e, "client went away"),
+            RequestError::BodyRead(_) => {
+                tracing::debug!(error = %e, client = %addr, "client went away")
+            }
             _ => {
-                tracing::warn!(status = e.status().as_u16(), reason = e.reason(), error = %e, "refusing webhook request")
+                if let Some(suppressed) = self.refusal_log.allow() {
+                    tracing::warn!(status = e.status().as_u16(), reason = e.reason(), error = %e, client = %addr, path = %path, user_agent = %agent, suppressed, "refusing webhook request");
+                }
             }
         }
     }
@@ -281,47 +325,6 @@ fn check_content_type(headers: &http::HeaderMap) -> Result<(), RequestError> {
         }
     }
     Ok(())
-}
-
-/// Lets a log line through at most once per period, counting the ones held back.
-struct RateLimit {
-    period_ms: u64,
-    epoch: std::time::Instant,
-    next_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl RateLimit {
-    fn new(period: Duration) -> Self {
-        let epoch = std::time::Instant::now();
-        Self {
-            period_ms: period.as_millis() as u64,
-            epoch,
-            next_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(lines held back since the last one)` when a line may be logged now.
-    fn allow(&self) -> Option<u64> {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let next = self.next_ms.load(Ordering::Relaxed);
-        if now >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now + self.period_ms,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            return Some(self.suppressed.swap(0, Ordering::Relaxed));
-        }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
-        None
-    }
 }
 
 #[cfg(test)]

@@ -505,6 +505,36 @@ mod tests {
         assert_eq!(readers[0].depth_events(), 0);
     }
 
+    #[tokio::test]
+    async fn a_replaced_queue_drains_what_it_holds_and_new_batches_go_to_its_successor() {
+        let m = Metrics::new();
+        let wait = Duration::from_millis(10);
+        let (p, mut old) = Pipeline::new(
+            &[
+                spec("a", 10, WhenFull::Block),
+                spec("b", 10, WhenFull::Block),
+            ],
+            wait,
+            &m,
+        );
+        p.admit(batch(2)).await.unwrap();
+        let mut new = p.replace(&["a".into()], &[spec("a", 3, WhenFull::Block)], &m);
+        p.admit(batch(3)).await.unwrap();
+        assert_eq!(p.max_batch_events(), 3, "the new queue's bound");
+        // The old "a" hands out what it held, then ends; the new one has only
+        // the later batch; "b" has both.
+        assert_eq!(old[0].recv().await.unwrap().batch.events.len(), 2);
+        assert!(old[0].recv().await.is_none());
+        assert_eq!(new[0].recv().await.unwrap().batch.events.len(), 3);
+        assert_eq!(old[1].depth_events(), 5);
+        // A full successor pushes back; the retired queue does not.
+        p.admit(batch(3)).await.unwrap();
+        assert!(matches!(p.admit(batch(1)).await, Err(Refusal::Full { .. })));
+        p.close();
+        assert_eq!(p.admit(batch(1)).await, Err(Refusal::Closed));
+        assert_eq!(p.depth_events(), 3 + 8);
+    }
+
     fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
         let waker = std::task::Waker::noop();
         match std::pin::Pin::new(f).poll(&mut std::task::Context::from_waker(waker)) {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -18,6 +19,10 @@ struct Cli {
     /// 0.0.0.0:3000, JSON lines to stdout, metrics on 0.0.0.0:9090).
     #[arg(long, short, value_name = "FILE", env = "AUDIT_FORWARDER_CONFIG")]
     config: Option<PathBuf>,
+    /// Also reload the config file when its content changes (a ConfigMap
+    /// update), as on SIGHUP.
+    #[arg(long, env = "AUDIT_FORWARDER_WATCH_CONFIG")]
+    watch_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -49,6 +54,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Run => {
+            // What the file held when loaded, for --watch-config to compare with.
+            let loaded = cli.config.as_deref().and_then(|p| std::fs::read(p).ok());
             let config = match config::load(cli.config.as_deref(), env) {
                 Ok(c) => c,
                 Err(e) => {
@@ -57,7 +64,12 @@ fn main() -> ExitCode {
                 }
             };
             let set_level = init_logs(&config);
-            match run(config, cli.config, set_level) {
+            let file = cli.config.map(|path| ConfigFile {
+                path,
+                watch: cli.watch_config,
+                loaded,
+            });
+            match run(config, file, set_level) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{}", error_text(&e));
@@ -72,12 +84,19 @@ fn main() -> ExitCode {
 type SetLevel = Box<dyn Fn(&str) + Send + Sync>;
 
 #[tokio::main]
-async fn run(config: Config, file: Option<PathBuf>, set_level: SetLevel) -> anyhow::Result<()> {
+async fn run(config: Config, file: Option<ConfigFile>, set_level: SetLevel) -> anyhow::Result<()> {
     let sinks: Vec<String> = config
         .sinks
         .iter()
         .map(|s| format!("{} ({})", s.name(), sink_type(s)))
         .collect();
+    // A change of the file's content, when watched (from before the
+    // listeners are up): at most one waiting.
+    let (changed_tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
+    let _watcher = match &file {
+        Some(f) if f.watch => Some(watch_file(f, changed_tx)?),
+        _ => None,
+    };
     let running = App::new(config).start().await?;
     let listeners: Vec<String> = [
         ("http", Some(running.http_addr).filter(|a| a.port() != 0)),
@@ -89,7 +108,7 @@ async fn run(config: Config, file: Option<PathBuf>, set_level: SetLevel) -> anyh
     .collect();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        config = %file.as_deref().map_or_else(|| "(built-in default)".into(), |p| p.display().to_string()),
+        config = %shown(&file),
         listeners = %listeners.join(", "),
         sinks = %sinks.join(", "),
         "kube-audit-forwarder started"
@@ -100,12 +119,15 @@ async fn run(config: Config, file: Option<PathBuf>, set_level: SetLevel) -> anyh
     let reloader = running.reloader();
     let metrics = running.metrics.clone();
     tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            let shown = file
-                .as_deref()
-                .map_or_else(|| "(built-in default)".into(), |p| p.display().to_string());
-            tracing::info!(config = %shown, "SIGHUP received: reloading the configuration");
-            match config::load(file.as_deref(), std::env::vars()) {
+        loop {
+            let why = tokio::select! {
+                Some(()) = hup.recv() => "SIGHUP received",
+                Some(()) = changed.recv() => "config file changed",
+                else => return,
+            };
+            tracing::info!(config = %shown(&file), "{why}: reloading the configuration");
+            let path = file.as_ref().map(|f| f.path.as_path());
+            match config::load(path, std::env::vars()) {
                 Ok(new) => {
                     let level = new.log.level.clone();
                     if reloader.reload(new).await.is_ok() {
@@ -140,6 +162,43 @@ async fn run(config: Config, file: Option<PathBuf>, set_level: SetLevel) -> anyh
     // Exit now: a sink stuck in a blocking write (a stdout pipe nobody reads)
     // must not keep the process alive past the deadline.
     std::process::exit(0)
+}
+
+/// The config file given on the command line.
+struct ConfigFile {
+    path: PathBuf,
+    /// Reload when its content changes.
+    watch: bool,
+    /// Its content when it was loaded.
+    loaded: Option<Vec<u8>>,
+}
+
+fn shown(file: &Option<ConfigFile>) -> String {
+    file.as_ref().map_or_else(
+        || "(built-in default)".into(),
+        |f| f.path.display().to_string(),
+    )
+}
+
+/// Sends on `changed` when the content of `file` differs from what was
+/// loaded or last seen (checked on every change in its folder, a ConfigMap's symlink swap
+/// included, and once a minute).
+fn watch_file(
+    file: &ConfigFile,
+    changed: tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<kube_audit_forwarder::tls::watch::FileWatcher> {
+    let seen = std::sync::Mutex::new(file.loaded.clone());
+    let watched = file.path.clone();
+    let paths = [file.path.clone()];
+    kube_audit_forwarder::tls::watch::watch(&paths, Duration::from_secs(60), move |_| {
+        let now = std::fs::read(&watched).ok();
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        if now.is_some() && *seen != now {
+            *seen = now;
+            let _ = changed.try_send(());
+        }
+    })
+    .context("--watch-config")
 }
 
 /// Installs the log subscriber; returns what changes its filter on a reload

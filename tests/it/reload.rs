@@ -29,9 +29,14 @@ struct Proc {
 
 impl Proc {
     fn start(file: &std::path::Path, own_group: bool) -> Self {
+        Self::start_with(file, own_group, &[])
+    }
+
+    fn start_with(file: &std::path::Path, own_group: bool, args: &[&str]) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(file)
+            .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -314,6 +319,39 @@ async fn a_terminal_hang_up_to_the_process_group_does_not_end_the_forwarder() {
     assert_eq!(code, Some(0), "{logs:#?}");
     let lines: Vec<String> = out.lines().map(str::to_owned).collect();
     assert_eq!(audit_ids(&lines), (0..10).map(case_id).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_watch_config_a_changed_file_is_reloaded_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, config_a()).unwrap();
+    let p = Proc::start_with(&file, false, &["--watch-config"]);
+    assert_eq!(p.post_ok(0..2).await, 200);
+    // A second stdout sink: every later event comes out twice.
+    let two = format!("{}  - type: stdout\n    name: copy\n", config_a());
+    // Written elsewhere and renamed into place, as a ConfigMap update does.
+    let staged = dir.path().join("staged.yaml");
+    std::fs::write(&staged, &two).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    wait_metric(&p, &format!(r#"{RELOADS}{{result="success"}}"#), 1.0).await;
+    assert_eq!(p.post_ok(2..3).await, 200);
+    std::fs::write(&file, "sinks: 3\n").unwrap();
+    wait_metric(&p, &format!(r#"{RELOADS}{{result="failure"}}"#), 1.0).await;
+    assert_eq!(
+        p.post_ok(3..4).await,
+        200,
+        "the running configuration stays"
+    );
+    let (code, out, logs) = tokio::task::spawn_blocking(move || p.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{logs:#?}");
+    let mut ids = audit_ids(&out.lines().map(str::to_owned).collect::<Vec<_>>());
+    ids.sort();
+    let mut want: Vec<String> = [0, 1, 2, 2, 3, 3].map(case_id).to_vec();
+    want.sort();
+    assert_eq!(ids, want);
 }
 
 impl Proc {

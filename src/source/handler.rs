@@ -42,33 +42,41 @@ pub struct Handler {
 }
 
 /// Who sent a request, for the log line of a refusal: enough to find a stray
-/// sender.
+/// sender. Kept cheaply (shared buffers) and turned into text only when a
+/// refusal is logged.
 #[derive(Debug, Clone, Default)]
 pub struct Client {
     /// The peer's address, when the server recorded it ([`ClientAddr`]).
     pub addr: Option<SocketAddr>,
-    /// The request target's path.
-    pub path: String,
-    /// The `User-Agent` header (lossy UTF-8, at most 200 bytes).
-    pub user_agent: String,
+    /// The request target.
+    pub uri: http::Uri,
+    /// The `User-Agent` header.
+    pub user_agent: Option<http::HeaderValue>,
 }
 
 impl Client {
     /// What `req` says of its sender.
     pub fn of<B>(req: &Request<B>) -> Self {
-        let agent = req
-            .headers()
-            .get(header::USER_AGENT)
-            .map(|v| String::from_utf8_lossy(&v.as_bytes()[..v.len().min(200)]).into_owned())
-            .unwrap_or_default();
-        let path = req.uri().path();
-        // At most 200 bytes; a URI path is ASCII.
-        let path = path.get(..200).unwrap_or(path).to_owned();
         Self {
             addr: req.extensions().get::<ClientAddr>().map(|c| c.0),
-            path,
-            user_agent: agent,
+            uri: req.uri().clone(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
         }
+    }
+
+    /// The path, at most 200 bytes.
+    fn path(&self) -> &str {
+        let path = self.uri.path();
+        // A URI path is ASCII.
+        path.get(..200).unwrap_or(path)
+    }
+
+    /// The `User-Agent` as text (lossy UTF-8, at most 200 bytes).
+    fn agent(&self) -> String {
+        self.user_agent
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(&v.as_bytes()[..v.len().min(200)]).into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -229,7 +237,7 @@ impl Handler {
 
     fn log(&self, client: &Client, e: &RequestError) {
         let addr = client.addr.map(|a| a.to_string()).unwrap_or_default();
-        let (path, agent) = (&client.path, &client.user_agent);
+        let (path, agent) = (client.path(), client.agent());
         match e {
             RequestError::Refused(_) | RequestError::Busy(_) | RequestError::ShuttingDown => {
                 if let Some(suppressed) = self.busy_log.allow() {

@@ -10,8 +10,8 @@
 //! - a changed sink is the old one removed and a new one added, in one step:
 //!   each batch goes to exactly one of them. A new stdout sink waits for its
 //!   predecessor to finish so that their lines do not mix;
-//! - listeners are started again when `source`, `decode` or `pipeline`
-//!   changed (or `metrics`, for the metrics listener): the old one stops
+//! - listeners are started again when `source`, `decode` or
+//!   `pipeline.retry_after_secs` changed (or `metrics`, for the metrics listener): the old one stops
 //!   accepting and finishes its in-flight requests; a listener whose address
 //!   is unchanged is handed the same socket, so no connection is refused;
 //! - `shutdown.deadline_secs` and `pipeline.admission_wait_ms` apply at once;
@@ -148,8 +148,9 @@ impl Parts {
         }
 
         // Listeners: bind or take over their sockets, then start them.
-        let webhook_changed =
-            new.source != old.source || new.decode != old.decode || new.pipeline != old.pipeline;
+        let webhook_changed = new.source != old.source
+            || new.decode != old.decode
+            || new.pipeline.retry_after_secs != old.pipeline.retry_after_secs;
         let admin_changed = new.metrics != old.metrics;
         let sockets = self
             .sockets(&new, webhook_changed, admin_changed)

@@ -385,3 +385,70 @@ impl Proc {
             .status
     }
 }
+
+#[tokio::test]
+async fn a_reload_whose_new_sink_cannot_be_built_changes_nothing() {
+    use kube_audit_forwarder::app::App;
+    use kube_audit_forwarder::config::{HttpSinkConfig, SinkConfig};
+    let backend = HttpBackend::start().await;
+    let (writer, mut reader) = tokio::io::duplex(1 << 20);
+    let running = App::new(config())
+        .with_stdout(Box::new(writer))
+        .start()
+        .await
+        .unwrap();
+    let (addr, metrics) = (running.http_addr, running.metrics.clone());
+    let reloader = running.reloader();
+    let token = running.shutdown_token();
+    let task = tokio::spawn(running.wait());
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing/dead.ndjson");
+    let mut bad = config();
+    bad.sinks.push(SinkConfig::Http(HttpSinkConfig {
+        name: "backend".into(),
+        endpoints: vec![format!("http://{}/", backend.addr)],
+        dead_letter_file: Some(missing.clone()),
+        ..HttpSinkConfig::default()
+    }));
+    let err = reloader.reload(bad.clone()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("dead_letter_file") && err.contains(&missing.display().to_string()),
+        "{err}"
+    );
+    let count = |result: &str| {
+        Metrics::parse(&String::from_utf8(metrics.render()).unwrap())
+            .get(&format!(r#"{RELOADS}{{result="{result}"}}"#))
+    };
+    assert_eq!(count("failure"), 1.0);
+    assert_eq!(
+        post(addr, "/post", &[], list(0..1).as_bytes()).await.status,
+        200
+    );
+    assert!(backend.recorded().is_empty(), "the old configuration stays");
+
+    std::fs::create_dir(dir.path().join("missing")).unwrap();
+    let report = reloader.reload(bad).await.unwrap();
+    assert_eq!(report.added, ["backend"]);
+    assert!(report.removed.is_empty() && report.changed.is_empty());
+    assert_eq!(count("success"), 1.0);
+    assert_eq!(
+        post(addr, "/post", &[], list(1..2).as_bytes()).await.status,
+        200
+    );
+    eventually("the new sink delivers", || {
+        let n = backend.audit_ids().len();
+        async move { n == 1 }
+    })
+    .await;
+    assert_eq!(backend.audit_ids(), [case_id(1)]);
+
+    token.cancel();
+    let report = tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+    assert_eq!(report.undelivered_events, 0);
+    let mut out = String::new();
+    use tokio::io::AsyncReadExt;
+    reader.read_to_string(&mut out).await.unwrap();
+    let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert_eq!(audit_ids(&lines), [case_id(0), case_id(1)]);
+}

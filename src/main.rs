@@ -90,6 +90,10 @@ async fn run(config: Config, file: Option<ConfigFile>, set_level: SetLevel) -> a
         .iter()
         .map(|s| format!("{} ({})", s.name(), sink_type(s)))
         .collect();
+    // SIGHUP (kill -HUP, or a terminal hang-up reaching the process group)
+    // reloads the configuration instead of ending the process: caught from
+    // before the listeners are up.
+    let mut hup = signal(SignalKind::hangup()).context("failed to watch SIGHUP")?;
     // A change of the file's content, when watched (from before the
     // listeners are up): at most one waiting.
     let (changed_tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
@@ -113,9 +117,6 @@ async fn run(config: Config, file: Option<ConfigFile>, set_level: SetLevel) -> a
         sinks = %sinks.join(", "),
         "kube-audit-forwarder started"
     );
-    // SIGHUP (kill -HUP, or a terminal hang-up reaching the process group)
-    // reloads the configuration instead of ending the process.
-    let mut hup = signal(SignalKind::hangup()).context("failed to watch SIGHUP")?;
     let reloader = running.reloader();
     let metrics = running.metrics.clone();
     tokio::spawn(async move {

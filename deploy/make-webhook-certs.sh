@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes everything the HTTPS webhook needs, in one go:
-#   - a small CA of its own (kept and reused on later runs, so that renewing
+#   - a small CA of its own (kept and reused by the next runs, so that renewing
 #     the certificates does not change what the API server trusts),
 #   - the forwarder's serving certificate, with the Service's ClusterIP and
 #     DNS names as subject alternative names (the API server dials the IP, and
@@ -83,7 +83,12 @@ for tool in openssl kubectl; do
 done
 
 if [ -z "$cluster_ip" ]; then
-  cluster_ip=$(kubectl -n "$namespace" get service "$service" -o jsonpath='{.spec.clusterIP}')
+  if ! answer=$(kubectl -n "$namespace" get service "$service" -o jsonpath='{.spec.clusterIP}' 2>&1); then
+    echo "error: could not read the ClusterIP of service $namespace/$service: $(tail -n 1 <<<"$answer")" >&2
+    echo "pass --cluster-ip IP (with --no-apply, no cluster is needed)" >&2
+    exit 1
+  fi
+  cluster_ip=$answer
   if [ -z "$cluster_ip" ] || [ "$cluster_ip" = None ]; then
     echo "error: service $namespace/$service has no ClusterIP; pass --cluster-ip" >&2
     exit 1
@@ -175,5 +180,5 @@ cat <<EOF
 Next: copy $(pwd)/$kubeconfig to every control-plane node
 (e.g. /etc/kubernetes/audit/webhook-kubeconfig.yaml) and start the API server
 with --audit-webhook-config-file pointing at it (deploy/README.md).
-Keep ca.key safe: a later run reuses it to renew the certificates.
+Keep ca.key safe: the next run reuses it to renew the certificates.
 EOF

@@ -11,7 +11,8 @@
 //! - [`buffer`]: the disk buffer, a write-ahead log shared by all sinks.
 //! - [`sink`]: delivery (stdout, HTTP, TCP).
 //! - [`config`], [`metrics`], [`tls`], [`admin`] (health and metrics
-//!   endpoints), [`server`] (connection handling) and [`app`] (wiring).
+//!   endpoints), [`server`] (connection handling) [`app`] (wiring) and
+//!   [`reload`] (a new configuration applied while running).
 pub mod admin;
 pub mod app;
 pub mod buffer;
@@ -19,6 +20,8 @@ pub mod config;
 pub mod decode;
 pub mod metrics;
 pub mod pipeline;
+mod ratelimit;
+pub mod reload;
 pub mod server;
 pub mod sink;
 pub mod source;

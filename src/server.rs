@@ -29,6 +29,22 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::HttpSourceConfig;
 
+/// The peer address of a request's connection, put in each request's
+/// extensions by [`serve_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// A connection's handler that puts the peer's address into each request's
+/// extensions.
+struct WithPeer<H>(Arc<H>, SocketAddr);
+
+impl<H: Handle> Handle for WithPeer<H> {
+    async fn call(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+        req.extensions_mut().insert(ClientAddr(self.1));
+        self.0.clone().call(req).await
+    }
+}
+
 /// Connection limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
@@ -172,6 +188,7 @@ pub async fn serve_with<A: Accept>(
                 () = shutdown.cancelled() => None,
             };
             if let Some((io, handler)) = prepared {
+                let handler = Arc::new(WithPeer(handler, peer));
                 let served =
                     serve_connection(&builder, io, handler, &opts, &shutdown).await;
                 if let Err(e) = served {

@@ -25,6 +25,11 @@ pub struct HttpSinkConfig {
     pub batch: BatchConfig,
     /// Request body compression.
     pub compression: Compression,
+    /// With `encoding: passthrough`, append each webhook request's path and
+    /// query (`/post?timeout=30s`) to the endpoint URL's path and query, as
+    /// HAProxy relays the path it received; otherwise every request goes to
+    /// the endpoint URL as written.
+    pub forward_path: bool,
     /// Extra request headers (an `Authorization` token, say).
     pub headers: BTreeMap<String, HeaderValueConfig>,
     /// Requests in flight at once with `encoding: passthrough` (one per
@@ -62,7 +67,8 @@ impl Default for HttpSinkConfig {
             balance: Balance::Failover,
             encoding: Encoding::Passthrough,
             batch: BatchConfig::default(),
-            compression: Compression::None,
+            compression: Compression::AsReceived,
+            forward_path: false,
             headers: BTreeMap::new(),
             max_in_flight: 4,
             timeout_secs: 10,
@@ -130,8 +136,9 @@ pub enum Balance {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
-    /// Each webhook request's body unchanged (as decompressed), one POST per
-    /// webhook batch, `Content-Type: application/json`: what HAProxy relays.
+    /// Each webhook request's body unchanged, one POST per webhook batch,
+    /// `Content-Type: application/json`: what HAProxy relays (see
+    /// [`Compression`] for a gzip body, and `forward_path` for the path).
     Passthrough,
     /// Events re-batched as JSON lines, `Content-Type: application/x-ndjson`.
     Ndjson,
@@ -143,9 +150,15 @@ pub enum Encoding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
-    /// None.
+    /// With `encoding: passthrough`, each body as the API server sent it: a
+    /// body that came with `Content-Encoding: gzip` is relayed in its
+    /// received gzip bytes with that header, any other body uncompressed.
+    /// With the re-batching encodings, the same as `none`.
+    AsReceived,
+    /// Uncompressed: a gzip webhook body is relayed decompressed.
     None,
-    /// gzip, with `Content-Encoding: gzip`.
+    /// gzip, with `Content-Encoding: gzip`; a webhook body that came gzipped
+    /// is relayed in its received bytes.
     Gzip,
 }
 

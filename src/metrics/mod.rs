@@ -47,6 +47,7 @@ pub struct Metrics {
     queue_capacity_events: IntGaugeVec,
     queue_capacity_bytes: IntGaugeVec,
     open_connections: IntGaugeVec,
+    config_reloads: IntCounterVec,
 }
 
 /// The handles of one sink, with its label resolved once.
@@ -233,8 +234,16 @@ impl Metrics {
                 "Open client connections, by listener.",
                 &["listener"],
             ),
+            config_reloads: counter(
+                CONFIG_RELOADS_TOTAL,
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
             registry,
         };
+        for result in ["success", "restart_required", "failure"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
         let info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Build information; always 1."),
             &["version"],
@@ -258,6 +267,12 @@ impl Metrics {
         if let Some(reason) = reason {
             self.rejected.with_label_values(&[reason]).inc();
         }
+    }
+
+    /// Counts one configuration reload under
+    /// `audit_forwarder_config_reloads_total{result}`.
+    pub fn config_reload(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// Counts one body refused by the decoder.

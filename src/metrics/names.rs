@@ -67,6 +67,12 @@ pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
 /// `failure` (the files in use stay).
 pub const TLS_RELOADS_TOTAL: &str = "audit_forwarder_tls_reloads_total";
 
+/// Counter `{result}`: configuration reloads (SIGHUP): `success`,
+/// `restart_required` (applied, but a changed `buffer` or `log.format` waits
+/// for a restart) or `failure` (an invalid file, or a sink or listener that
+/// could not be built: the running configuration stays).
+pub const CONFIG_RELOADS_TOTAL: &str = "audit_forwarder_config_reloads_total";
+
 /// Gauge: bytes the disk buffer's log files take.
 pub const BUFFER_BYTES: &str = "audit_forwarder_buffer_bytes";
 /// Gauge: `buffer.max_bytes`.

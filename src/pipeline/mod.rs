@@ -11,10 +11,11 @@
 mod batch;
 mod queue;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use batch::{Batch, Origin};
 pub use queue::{Delivery, QueueReader, READ_AHEAD_BYTES, WhenFull};
 
-use crate::buffer::{BufferRefusal, DiskBuffer};
+use crate::buffer::{BufferRefusal, DiskBuffer, Progress};
 use crate::metrics::Metrics;
 use queue::Queue;
 
@@ -114,11 +115,20 @@ fn waited(wait_ms: u64, stalled: bool) -> String {
     }
 }
 
-/// The queues of all sinks.
+/// The queues of all sinks. The set of queues can change while requests are
+/// admitted ([`Pipeline::replace`], on a configuration reload): each admission
+/// works on one snapshot of the set, so a batch enters either the old set or
+/// the new one, never both.
 pub struct Pipeline {
-    queues: Vec<Arc<Queue>>,
+    queues: ArcSwap<Vec<Arc<Queue>>>,
+    /// Queues taken out of the set that may still hold batches being drained.
+    retired: Mutex<Vec<Arc<Queue>>>,
     space: Arc<Space>,
-    wait: Duration,
+    wait_ms: AtomicU64,
+    closed: AtomicBool,
+    /// Batches a `drop_newest` queue had no room for: one line per period.
+    drop_log: crate::ratelimit::RateLimit,
+    /// With a disk buffer: the buffer, whose log feeds the queues.
     disk: Option<Disk>,
 }
 
@@ -166,24 +176,31 @@ impl Pipeline {
     /// the order of `specs`. `wait` is how long [`Pipeline::admit`] waits for
     /// room before refusing.
     pub fn new(specs: &[QueueSpec], wait: Duration, metrics: &Metrics) -> (Self, Vec<QueueReader>) {
-        Self::build(specs, wait, metrics, None)
+        let pipeline = Self::empty(wait);
+        let readers = pipeline.replace(&[], specs, metrics);
+        (pipeline, readers)
     }
 
     /// Like [`Pipeline::new`], with `buffer` (opened for the same sinks, in
     /// the same order) taking the batches: each queue is fed from the
     /// buffer's log by a task of its own, and the sinks' positions are saved
-    /// every `buffer.checkpoint_interval_ms`. Must be called within a Tokio
-    /// runtime.
+    /// every `buffer.checkpoint_interval_ms`. The set of sinks is fixed (a
+    /// reload that changes it needs a restart). Must be called within a
+    /// Tokio runtime.
     pub fn with_disk(
         specs: &[QueueSpec],
         wait: Duration,
         metrics: &Metrics,
         buffer: Arc<DiskBuffer>,
     ) -> (Self, Vec<QueueReader>) {
-        let (pipeline, readers) = Self::build(specs, wait, metrics, Some(&buffer));
-        let stop = CancellationToken::new();
-        for (i, q) in pipeline.queues.iter().enumerate() {
-            let q = q.clone();
+        let mut pipeline = Self::empty(wait);
+        let queues: Vec<Arc<Queue>> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| pipeline.queue(s, metrics, Some(buffer.progress(i))))
+            .collect();
+        pipeline.queues.store(Arc::new(queues.clone()));
+        for (i, q) in queues.iter().enumerate() {
             let feed = buffer.clone().feed(i, {
                 let q = q.clone();
                 move |batch, seq| {
@@ -191,70 +208,110 @@ impl Pipeline {
                     async move { q.push_wait(batch, seq).await }
                 }
             });
+            let q = q.clone();
             tokio::spawn(async move {
                 feed.await;
                 q.close();
             });
         }
+        let stop = CancellationToken::new();
         tokio::spawn(buffer.clone().run_checkpoints(stop.clone()));
-        let pipeline = Self {
-            disk: Some(Disk { buffer, stop }),
-            ..pipeline
-        };
+        pipeline.disk = Some(Disk { buffer, stop });
+        let readers = queues
+            .into_iter()
+            .map(|queue| QueueReader { queue })
+            .collect();
         (pipeline, readers)
     }
 
-    fn build(
-        specs: &[QueueSpec],
-        wait: Duration,
+    fn empty(wait: Duration) -> Self {
+        Self {
+            queues: ArcSwap::from_pointee(Vec::new()),
+            retired: Mutex::new(Vec::new()),
+            space: Arc::new(Space::new()),
+            wait_ms: AtomicU64::new(wait.as_millis() as u64),
+            closed: AtomicBool::new(false),
+            drop_log: crate::ratelimit::RateLimit::new(Duration::from_secs(10)),
+            disk: None,
+        }
+    }
+
+    /// Whether batches go through a disk buffer.
+    pub fn has_disk_buffer(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    fn queue(
+        &self,
+        s: &QueueSpec,
         metrics: &Metrics,
-        buffer: Option<&Arc<DiskBuffer>>,
-    ) -> (Self, Vec<QueueReader>) {
-        let space = Arc::new(Space::new());
-        let queues: Vec<Arc<Queue>> = specs
+        progress: Option<Arc<Progress>>,
+    ) -> Arc<Queue> {
+        let m = metrics.sink(&s.name, s.capacity_events, s.capacity_bytes);
+        Arc::new(Queue::new(
+            s.name.clone(),
+            s.capacity_events,
+            s.capacity_bytes,
+            s.when_full,
+            self.space.clone(),
+            m,
+            progress,
+        ))
+    }
+
+    /// Takes the queues of the sinks named in `remove` out of the set and adds
+    /// a new, empty queue for each of `add`, in one step: a batch admitted
+    /// from now on enters the new set. A removed queue is closed: it refuses
+    /// nothing already in it, and its reader ends once it has handed out
+    /// everything. Returns the readers of the new queues, in the order of
+    /// `add`.
+    pub fn replace(
+        &self,
+        remove: &[String],
+        add: &[QueueSpec],
+        metrics: &Metrics,
+    ) -> Vec<QueueReader> {
+        debug_assert!(
+            self.disk.is_none() || (remove.is_empty() && add.is_empty()),
+            "the sinks of a disk buffer are fixed"
+        );
+        let added: Vec<Arc<Queue>> = add.iter().map(|s| self.queue(s, metrics, None)).collect();
+        let current = self.queues.load_full();
+        let (gone, mut kept): (Vec<_>, Vec<_>) = current
             .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let m = metrics.sink(&s.name, s.capacity_events, s.capacity_bytes);
-                Arc::new(Queue::new(
-                    s.name.clone(),
-                    s.capacity_events,
-                    s.capacity_bytes,
-                    s.when_full,
-                    space.clone(),
-                    m,
-                    buffer.map(|b| b.progress(i)),
-                ))
-            })
-            .collect();
-        let readers = queues
-            .iter()
-            .map(|q| QueueReader { queue: q.clone() })
-            .collect();
-        (
-            Self {
-                queues,
-                space,
-                wait,
-                disk: None,
-            },
-            readers,
-        )
+            .cloned()
+            .partition(|q| remove.contains(&q.name));
+        kept.extend(added.iter().cloned());
+        self.queues.store(Arc::new(kept));
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|q| q.depth_events() > 0);
+        for q in gone {
+            q.close();
+            retired.push(q);
+        }
+        added
+            .into_iter()
+            .map(|queue| QueueReader { queue })
+            .collect()
+    }
+
+    /// Changes how long [`Pipeline::admit`] waits for room.
+    pub fn set_wait(&self, wait: Duration) {
+        self.wait_ms
+            .store(wait.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn wait(&self) -> Duration {
+        Duration::from_millis(self.wait_ms.load(Ordering::Relaxed))
     }
 
     /// Most events one request may carry: the smallest `capacity_events` of the
     /// `block` queues (a larger batch could never be admitted).
     pub fn max_batch_events(&self) -> usize {
-        self.blocking()
+        blocking(&self.queues.load())
             .map(|q| q.capacity_events)
             .min()
             .unwrap_or(usize::MAX)
-    }
-
-    fn blocking(&self) -> impl Iterator<Item = &Arc<Queue>> {
-        self.queues
-            .iter()
-            .filter(|q| q.when_full == WhenFull::Block)
     }
 
     /// Puts `batch` into every sink's queue, all or nothing across the `block`
@@ -266,7 +323,7 @@ impl Pipeline {
     ///
     /// [`Refusal`] when the batch was not queued anywhere.
     pub async fn admit(&self, batch: Batch) -> Result<(), Refusal> {
-        if let Some(q) = self.blocking().find(|q| !q.can_ever_hold(&batch)) {
+        if let Some(q) = blocking(&self.queues.load()).find(|q| !q.can_ever_hold(&batch)) {
             return Err(Refusal::TooLarge {
                 sink: q.name.clone(),
                 events: batch.events.len(),
@@ -298,13 +355,14 @@ impl Pipeline {
             return Ok(disk.buffer.check_room(bytes)?);
         }
         self.retry_until_deadline(0, || {
-            for q in self.blocking() {
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(None);
+            }
+            for q in blocking(&self.queues.load()) {
                 let state = q.lock();
-                if Queue::is_closed(&state) {
-                    return Err(None);
-                }
-                if !q.has_room(&state, bytes) {
-                    return Err(Some(&q.name));
+                // A closed queue here is one a reload took out of the set.
+                if !Queue::is_closed(&state) && !q.has_room(&state, bytes) {
+                    return Err(Some(q.name.clone()));
                 }
             }
             Ok(())
@@ -318,12 +376,13 @@ impl Pipeline {
     /// or dead sink) and the request is refused at once: DESIGN.md's bounded
     /// contract wants an overloaded forwarder to answer 503 fast rather than
     /// hold requests open, and the API server retries.
-    async fn retry_until_deadline<'a>(
-        &'a self,
+    async fn retry_until_deadline(
+        &self,
         events: usize,
-        attempt: impl Fn() -> Result<(), Option<&'a str>>,
+        attempt: impl Fn() -> Result<(), Option<String>>,
     ) -> Result<(), Refusal> {
-        let deadline = Instant::now() + self.wait;
+        let wait = self.wait();
+        let deadline = Instant::now() + wait;
         loop {
             let notified = self.space.notify.notified();
             tokio::pin!(notified);
@@ -332,12 +391,12 @@ impl Pipeline {
                 Ok(()) => return Ok(()),
                 Err(None) => return Err(Refusal::Closed),
                 Err(Some(full)) => {
-                    let stalled = self.space.since_freed() >= self.wait;
+                    let stalled = self.space.since_freed() >= wait;
                     if stalled || tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return Err(Refusal::Full {
-                            sink: full.to_owned(),
+                            sink: full,
                             events,
-                            wait_ms: self.wait.as_millis() as u64,
+                            wait_ms: wait.as_millis() as u64,
                             stalled,
                         });
                     }
@@ -346,26 +405,52 @@ impl Pipeline {
         }
     }
 
-    /// One attempt under all the locks. `Err(Some(sink))` names a full `block`
-    /// queue; `Err(None)` means closed.
-    fn try_admit(&self, batch: &Arc<Batch>) -> Result<(), Option<&str>> {
-        let mut states: Vec<_> = self.queues.iter().map(|q| q.lock()).collect();
-        for (q, state) in self.queues.iter().zip(&states) {
-            if Queue::is_closed(state) {
+    /// One attempt under all the locks of one snapshot of the set.
+    /// `Err(Some(sink))` names a full `block` queue; `Err(None)` means closed.
+    fn try_admit(&self, batch: &Arc<Batch>) -> Result<(), Option<String>> {
+        // A closed queue in a snapshot, while the pipeline is open, is one a
+        // reload took out of the set after the snapshot was taken: the new set
+        // is already in place, so the attempt starts again on it. Reloads are
+        // rare; the bound only keeps the loop finite.
+        for _ in 0..16 {
+            let queues = self.queues.load();
+            let mut states: Vec<_> = queues.iter().map(|q| q.lock()).collect();
+            // Checked under the locks: `close` sets the flag before it closes
+            // any queue, and closing a queue takes its lock.
+            if self.closed.load(Ordering::SeqCst) {
                 return Err(None);
             }
-            if q.when_full == WhenFull::Block && !q.fits(state, batch) {
-                return Err(Some(&q.name));
+            if states.iter().any(|s| Queue::is_closed(s)) {
+                continue;
             }
-        }
-        for (q, state) in self.queues.iter().zip(states.iter_mut()) {
-            if q.fits(state, batch) {
-                q.push(state, batch.clone(), None);
-            } else {
-                q.metrics.dropped("queue_full", batch.events.len() as u64);
+            for (q, state) in queues.iter().zip(&states) {
+                if q.when_full == WhenFull::Block && !q.fits(state, batch) {
+                    return Err(Some(q.name.clone()));
+                }
             }
+            let mut dropped_for = None;
+            for (q, state) in queues.iter().zip(states.iter_mut()) {
+                if q.fits(state, batch) {
+                    q.push(state, batch.clone(), None);
+                } else {
+                    q.metrics.dropped("queue_full", batch.events.len() as u64);
+                    dropped_for = Some(q.name.clone());
+                }
+            }
+            drop(states);
+            if let Some(sink) = dropped_for
+                && let Some(suppressed) = self.drop_log.allow()
+            {
+                tracing::warn!(
+                    sink,
+                    events = batch.events.len(),
+                    suppressed,
+                    "queue full: dropping a batch for this drop_newest sink (counted in audit_forwarder_events_dropped_total)"
+                );
+            }
+            return Ok(());
         }
-        Ok(())
+        Err(None)
     }
 
     /// Refuses every later batch and lets each sink end once it has delivered
@@ -376,13 +461,28 @@ impl Pipeline {
     /// deliver what they can until the shutdown deadline, and what they have
     /// not delivered then stays in the log for the next start.
     pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         if let Some(disk) = &self.disk {
             disk.buffer.close();
             return;
         }
-        for q in &self.queues {
+        for q in self.queues.load().iter() {
             q.close();
         }
+    }
+
+    /// Every queue, those a reload took out of the set and that still hold
+    /// batches included.
+    fn all(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<_> = self.queues.load().iter().cloned().collect();
+        all.extend(
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        all
     }
 
     /// At a shutdown that ran out of time, before the late sinks are
@@ -395,7 +495,7 @@ impl Pipeline {
             disk.buffer.finish();
             return Some(disk.buffer.undelivered_events());
         }
-        for q in &self.queues {
+        for q in self.all() {
             q.metrics.dropped(reason, q.depth_events() as u64);
         }
         None
@@ -403,8 +503,12 @@ impl Pipeline {
 
     /// Events waiting or being delivered, summed over all queues.
     pub fn depth_events(&self) -> usize {
-        self.queues.iter().map(|q| q.depth_events()).sum()
+        self.all().iter().map(|q| q.depth_events()).sum()
     }
+}
+
+fn blocking(queues: &[Arc<Queue>]) -> impl Iterator<Item = &Arc<Queue>> {
+    queues.iter().filter(|q| q.when_full == WhenFull::Block)
 }
 
 #[cfg(test)]
@@ -521,6 +625,36 @@ mod tests {
         assert_eq!(readers[0].recv().await.unwrap().batch.events.len(), 2);
         assert!(readers[0].recv().await.is_none());
         assert_eq!(readers[0].depth_events(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_queue_drains_what_it_holds_and_new_batches_go_to_its_successor() {
+        let m = Metrics::new();
+        let wait = Duration::from_millis(10);
+        let (p, mut old) = Pipeline::new(
+            &[
+                spec("a", 10, WhenFull::Block),
+                spec("b", 10, WhenFull::Block),
+            ],
+            wait,
+            &m,
+        );
+        p.admit(batch(2)).await.unwrap();
+        let mut new = p.replace(&["a".into()], &[spec("a", 3, WhenFull::Block)], &m);
+        p.admit(batch(3)).await.unwrap();
+        assert_eq!(p.max_batch_events(), 3, "the new queue's bound");
+        // The old "a" hands out what it held, then ends; the new one has only
+        // the later batch; "b" has both.
+        assert_eq!(old[0].recv().await.unwrap().batch.events.len(), 2);
+        assert!(old[0].recv().await.is_none());
+        assert_eq!(new[0].recv().await.unwrap().batch.events.len(), 3);
+        assert_eq!(old[1].depth_events(), 5);
+        // A full successor pushes back; the retired queue does not.
+        p.admit(batch(3)).await.unwrap();
+        assert!(matches!(p.admit(batch(1)).await, Err(Refusal::Full { .. })));
+        p.close();
+        assert_eq!(p.admit(batch(1)).await, Err(Refusal::Closed));
+        assert_eq!(p.depth_events(), 3 + 8);
     }
 
     fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {

@@ -1,5 +1,10 @@
 //! The dead-letter file: events an endpoint rejected for good, appended as
 //! JSON lines so that an operator can inspect and replay them.
+//!
+//! The file is opened at start-up, so that a folder that does not exist or
+//! cannot be written fails the start naming `dead_letter_file`. A write that
+//! fails later (a full disk) is undone to the last whole line and reported to
+//! the caller, which holds the events and tries again.
 
 use std::path::PathBuf;
 
@@ -19,7 +24,24 @@ impl DeadLetter {
         Self { path }
     }
 
-    /// Appends `events`, one per line.
+    /// Opens the file for appending (creating it), as [`DeadLetter::append`]
+    /// will: called at start-up.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error (a folder that does not exist, no permission), for the
+    /// caller to report with the key and the file's name.
+    pub fn check(&self) -> std::io::Result<()> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map(drop)
+    }
+
+    /// Appends `events`, one per line. When the write fails, what it wrote is
+    /// cut off again (as far as the file system lets it), so that a retry
+    /// does not leave half a line.
     ///
     /// # Errors
     ///
@@ -35,8 +57,15 @@ impl DeadLetter {
             .append(true)
             .open(&self.path)
             .await?;
-        file.write_all(&buf).await?;
-        file.flush().await
+        let start = file.metadata().await?.len();
+        let written = match file.write_all(&buf).await {
+            Ok(()) => file.flush().await,
+            Err(e) => Err(e),
+        };
+        if written.is_err() && file.metadata().await.is_ok_and(|m| m.is_file()) {
+            let _ = file.set_len(start).await;
+        }
+        written
     }
 
     /// The file.

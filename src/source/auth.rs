@@ -135,7 +135,10 @@ impl Handle for Gate {
             Some(_) => "no client certificate and no bearer token",
             None => "no client certificate",
         };
-        let mut resp = self.handler.refuse(RequestError::Unauthenticated(why));
+        let client = super::handler::Client::of(&req);
+        let mut resp = self
+            .handler
+            .refuse(&client, RequestError::Unauthenticated(why));
         if self.token.is_some() {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

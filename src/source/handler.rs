@@ -1,7 +1,7 @@
 //! Handling of one webhook request: checks, body, decode, admission, answer.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +16,9 @@ use super::error::{RequestError, json_response};
 use crate::config::HttpSourceConfig;
 use crate::decode::{DecodeOptions, Decoded};
 use crate::metrics::Metrics;
-use crate::pipeline::{Batch, Pipeline};
+use crate::pipeline::{Batch, Origin, Pipeline};
+use crate::ratelimit::RateLimit;
+use crate::server::ClientAddr;
 
 /// Bodies larger than this are decompressed and decoded on the blocking pool,
 /// so that they do not hold up other connections on the same worker.
@@ -33,7 +35,49 @@ pub struct Handler {
     pipeline: Arc<Pipeline>,
     metrics: Metrics,
     draining: CancellationToken,
+    /// 503s (overload, shutdown): one line per period.
+    busy_log: RateLimit,
+    /// Every other refusal: one line per period.
     refusal_log: RateLimit,
+}
+
+/// Who sent a request, for the log line of a refusal: enough to find a stray
+/// sender. Kept cheaply (shared buffers) and turned into text only when a
+/// refusal is logged.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// The peer's address, when the server recorded it ([`ClientAddr`]).
+    pub addr: Option<SocketAddr>,
+    /// The request target.
+    pub uri: http::Uri,
+    /// The `User-Agent` header.
+    pub user_agent: Option<http::HeaderValue>,
+}
+
+impl Client {
+    /// What `req` says of its sender.
+    pub fn of<B>(req: &Request<B>) -> Self {
+        Self {
+            addr: req.extensions().get::<ClientAddr>().map(|c| c.0),
+            uri: req.uri().clone(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        }
+    }
+
+    /// The path, at most 200 bytes.
+    fn path(&self) -> &str {
+        let path = self.uri.path();
+        // A URI path is ASCII.
+        path.get(..200).unwrap_or(path)
+    }
+
+    /// The `User-Agent` as text (lossy UTF-8, at most 200 bytes).
+    fn agent(&self) -> String {
+        self.user_agent
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(&v.as_bytes()[..v.len().min(200)]).into_owned())
+            .unwrap_or_default()
+    }
 }
 
 impl Handler {
@@ -60,6 +104,7 @@ impl Handler {
             pipeline,
             metrics,
             draining,
+            busy_log: RateLimit::new(Duration::from_secs(10)),
             refusal_log: RateLimit::new(Duration::from_secs(10)),
         }
     }
@@ -67,6 +112,7 @@ impl Handler {
     /// Answers one request. Never fails: every error becomes its HTTP answer.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
+        let client = Client::of(&req);
         let result = self.accept(req).await;
         let seconds = started.elapsed().as_secs_f64();
         match result {
@@ -76,7 +122,7 @@ impl Handler {
                 json_response(StatusCode::OK, body.into_bytes())
             }
             Err(e) => {
-                self.log(&e);
+                self.log(&client, &e);
                 self.metrics
                     .request(e.status().as_u16(), Some(e.reason()), seconds);
                 e.into_response(self.retry_after_secs)
@@ -86,8 +132,8 @@ impl Handler {
 
     /// Answers a request with `e` without looking at it, counted and logged
     /// like any refusal.
-    pub fn refuse(&self, e: RequestError) -> Response<Full<Bytes>> {
-        self.log(&e);
+    pub fn refuse(&self, client: &Client, e: RequestError) -> Response<Full<Bytes>> {
+        self.log(client, &e);
         self.metrics
             .request(e.status().as_u16(), Some(e.reason()), 0.0);
         e.into_response(self.retry_after_secs)
@@ -105,6 +151,10 @@ impl Handler {
             return Err(RequestError::NotFound(path.to_owned()));
         }
         let gzip = content_encoding_is_gzip(req.headers())?;
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or_else(String::new, |p| p.as_str().to_owned());
         check_content_type(req.headers())?;
         let declared = req
             .headers()
@@ -141,8 +191,12 @@ impl Handler {
         let dropped_ids = dropped_ids(&body, &decoded);
         let truncated = decoded.truncated as u64;
         let events = decoded.events.len();
+        let origin = Origin {
+            path_and_query,
+            gzip_wire: gzip.then(|| wire.clone()),
+        };
         self.pipeline
-            .admit(Batch::new(body, decoded.events))
+            .admit(Batch::with_origin(body, decoded.events, origin))
             .await?;
         // Counted only once the request is accepted: a refused request is
         // re-sent by the API server and would be counted again.
@@ -158,7 +212,13 @@ impl Handler {
     }
 
     async fn decode(&self, wire: Bytes, gzip: bool) -> Result<(Bytes, Decoded), RequestError> {
-        let (limit, opts) = (self.max_decoded_bytes, self.decode);
+        // The sinks' queues can change on a reload: a batch larger than the
+        // smallest `block` queue is refused while it is decoded.
+        let opts = DecodeOptions {
+            max_events: self.pipeline.max_batch_events(),
+            ..self.decode
+        };
+        let limit = self.max_decoded_bytes;
         // gzip commonly expands audit JSON about tenfold.
         let inline = wire.len() * if gzip { 10 } else { 1 } <= INLINE_DECODE_BYTES;
         let work = move || body::unpack(wire, gzip, limit, &opts);
@@ -175,16 +235,22 @@ impl Handler {
         result
     }
 
-    fn log(&self, e: &RequestError) {
+    fn log(&self, client: &Client, e: &RequestError) {
+        let addr = client.addr.map(|a| a.to_string()).unwrap_or_default();
+        let (path, agent) = (client.path(), client.agent());
         match e {
             RequestError::Refused(_) | RequestError::Busy(_) | RequestError::ShuttingDown => {
-                if let Some(suppressed) = self.refusal_log.allow() {
-                    tracing::warn!(error = %e, suppressed, "refusing webhook request with 503");
+                if let Some(suppressed) = self.busy_log.allow() {
+                    tracing::warn!(error = %e, client = %addr, path = %path, user_agent = %agent, suppressed, "refusing webhook request with 503");
                 }
             }
-            RequestError::BodyRead(_) => tracing::debug!(error = %e, "client went away"),
+            RequestError::BodyRead(_) => {
+                tracing::debug!(error = %e, client = %addr, "client went away")
+            }
             _ => {
-                tracing::warn!(status = e.status().as_u16(), reason = e.reason(), error = %e, "refusing webhook request")
+                if let Some(suppressed) = self.refusal_log.allow() {
+                    tracing::warn!(status = e.status().as_u16(), reason = e.reason(), error = %e, client = %addr, path = %path, user_agent = %agent, suppressed, "refusing webhook request");
+                }
             }
         }
     }
@@ -267,47 +333,6 @@ fn check_content_type(headers: &http::HeaderMap) -> Result<(), RequestError> {
         }
     }
     Ok(())
-}
-
-/// Lets a log line through at most once per period, counting the ones held back.
-struct RateLimit {
-    period_ms: u64,
-    epoch: std::time::Instant,
-    next_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl RateLimit {
-    fn new(period: Duration) -> Self {
-        let epoch = std::time::Instant::now();
-        Self {
-            period_ms: period.as_millis() as u64,
-            epoch,
-            next_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(lines held back since the last one)` when a line may be logged now.
-    fn allow(&self) -> Option<u64> {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let next = self.next_ms.load(Ordering::Relaxed);
-        if now >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now + self.period_ms,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            return Some(self.suppressed.swap(0, Ordering::Relaxed));
-        }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
-        None
-    }
 }
 
 #[cfg(test)]

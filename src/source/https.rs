@@ -36,15 +36,16 @@ const RECHECK: Duration = Duration::from_secs(60);
 /// Re-checks between two expiry warnings (hourly).
 const WARN_EVERY_RECHECKS: u64 = 60;
 
-/// Loads the certificates, binds `cfg.address` and serves until `shutdown`
-/// is cancelled. Returns the bound address and the serving task.
+/// Loads the certificates and serves `listener` (bound to `cfg.address`)
+/// until `shutdown` is cancelled. Returns the bound address and the serving
+/// task.
 ///
 /// # Errors
 ///
 /// A certificate, key, CA or token file that does not load (the error names
-/// the key and the file), a directory that cannot be watched, or an address
-/// that cannot be bound.
+/// the key and the file), or a directory that cannot be watched.
 pub async fn start(
+    listener: tokio::net::TcpListener,
     cfg: &HttpsSourceConfig,
     opts: ServeOptions,
     handler: Arc<Handler>,
@@ -54,7 +55,6 @@ pub async fn start(
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let tls = Arc::new(ServerTls::load(cfg, metrics.clone())?);
     let token = TokenFile::from_config(&cfg.bearer_token_file)?;
-    let listener = server::bind(cfg.address, "webhook requests over HTTPS").await?;
     let addr = listener.local_addr()?;
     let watcher = watch_files(tls.clone(), token.clone())?;
     metrics.listener(LISTENER);

@@ -19,6 +19,8 @@ use tokio::task::JoinSet;
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub path: String,
+    /// The request target's path and query.
+    pub target: String,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -245,6 +247,10 @@ async fn answer(
     if status == 200 {
         st.recorded.push(Recorded {
             path: parts.uri.path().to_owned(),
+            target: parts
+                .uri
+                .path_and_query()
+                .map_or_else(String::new, |p| p.as_str().to_owned()),
             headers: parts.headers,
             body,
         });

@@ -288,3 +288,93 @@ async fn a_stdout_nobody_reads_does_not_keep_the_process_alive_past_the_deadline
         "{logs:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_and_drops_are_logged_once_per_period_naming_the_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        "source:\n  http:\n    paths: [\"/post\"]\nsinks:\n  - type: stdout\n    name: stdout\n    queue:\n      capacity_events: 2\n      when_full: drop_newest\n",
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let p = Process::start(&["--config", &path]);
+    let stray = [("User-Agent", "stray-sender/1.0")];
+    for _ in 0..20 {
+        assert_eq!(post(p.addr, "/wrong", &stray, b"{}").await.status, 404);
+    }
+    for i in 0..5 {
+        let body = list(i * 3..i * 3 + 3);
+        assert_eq!(
+            post(p.addr, "/post", &[], body.as_bytes()).await.status,
+            200
+        );
+    }
+    p.signal("TERM");
+    let (code, _, logs) = tokio::task::spawn_blocking(move || p.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let started: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("kube-audit-forwarder started"))
+        .collect();
+    assert_eq!(started.len(), 1, "{logs:#?}");
+    for field in [
+        &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        &format!("config={path}"),
+        "listeners=http 127.0.0.1:",
+        "sinks=stdout (stdout)",
+    ] {
+        assert!(started[0].contains(field), "{field} in {}", started[0]);
+    }
+    let refused: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("refusing webhook request"))
+        .collect();
+    assert_eq!(refused.len(), 1, "20 refusals, one line: {logs:#?}");
+    for field in [
+        "path=/wrong",
+        "user_agent=stray-sender/1.0",
+        "client=127.0.0.1:",
+        "status=404",
+    ] {
+        assert!(refused[0].contains(field), "{field} in {}", refused[0]);
+    }
+    let dropped: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("dropping a batch"))
+        .collect();
+    assert_eq!(dropped.len(), 1, "5 drops, one line: {logs:#?}");
+    assert!(dropped[0].contains("sink=\"stdout\""), "{}", dropped[0]);
+}
+
+#[test]
+fn a_start_error_says_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("tls.crt");
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "source:\n  https:\n    enabled: true\n    address: 127.0.0.1:0\n    crt_file: {}\n    key_file: {}\n    client_auth: none\n",
+            missing.display(),
+            dir.path().join("tls.key").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&file)
+        .env("AUDIT_FORWARDER__SOURCE__HTTP__ADDRESS", "127.0.0.1:0")
+        .env("AUDIT_FORWARDER__METRICS__ADDRESS", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains(&missing.display().to_string()), "{msg}");
+    assert_eq!(msg.matches("No such file or directory").count(), 1, "{msg}");
+}

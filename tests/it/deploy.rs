@@ -130,3 +130,105 @@ fn the_deployed_stdout_config_serves_probes_events_and_drains_on_sigterm() {
         );
     }
 }
+
+/// The `server:` URL of a webhook kubeconfig in deploy/webhook/.
+fn kubeconfig_server(name: &str) -> url::Url {
+    let path = data(&format!("../../deploy/webhook/{name}"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{}: no server", path.display()));
+    url::Url::parse(server).unwrap()
+}
+
+/// The default of `make-webhook-certs.sh --path`.
+fn cert_script_default_path() -> String {
+    let text = std::fs::read_to_string(data("../../deploy/make-webhook-certs.sh")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("path="))
+        .expect("path= default in make-webhook-certs.sh")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn every_example_config_accepts_the_webhook_url_of_its_kubeconfig() {
+    let http = kubeconfig_server("webhook-http.kubeconfig");
+    let https = kubeconfig_server("webhook-https.kubeconfig");
+    assert_eq!(http.scheme(), "http");
+    assert_eq!(https.scheme(), "https");
+    assert_eq!(
+        https.path(),
+        cert_script_default_path(),
+        "make-webhook-certs.sh writes the kubeconfig's path"
+    );
+    let mut configs: Vec<std::path::PathBuf> = ["config", "deploy/base", "deploy/overlays"]
+        .iter()
+        .flat_map(|dir| walk_yaml(&data(&format!("../../{dir}"))))
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+        .filter(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            // Only forwarder configs: kustomize patches and secrets are not.
+            !text.contains("apiVersion:")
+        })
+        .collect();
+    configs.sort();
+    assert!(configs.len() >= 8, "{configs:?}");
+    for path in configs {
+        let cfg = kube_audit_forwarder::config::load(Some(&path), std::iter::empty())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = if cfg.source.https.enabled {
+            // The Service's port 443 targets the pod's port "https" (4443).
+            assert_eq!(
+                cfg.source.https.address.port(),
+                4443,
+                "{}: source.https.address",
+                path.display()
+            );
+            &https
+        } else {
+            assert_eq!(
+                cfg.source.http.address.port(),
+                3000,
+                "{}: source.http.address",
+                path.display()
+            );
+            &http
+        };
+        // The same path rules apply on both listeners: served here over the
+        // plain one, with the sinks replaced by stdout (their certificate
+        // files do not exist here).
+        let mut served = config();
+        served.source.http.paths = cfg.source.http.paths.clone();
+        let fwd = Forwarder::start(served).await;
+        let target = format!("{}?timeout=30s", url.path());
+        let resp = post(fwd.addr, &target, &[], list(0..1).as_bytes()).await;
+        assert_eq!(
+            resp.status,
+            200,
+            "{} refuses {url} ({}): {}",
+            path.display(),
+            if cfg.source.https.enabled {
+                "webhook-https.kubeconfig"
+            } else {
+                "webhook-http.kubeconfig"
+            },
+            resp.text()
+        );
+        fwd.stop().await;
+    }
+}
+
+fn walk_yaml(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_yaml(&p));
+        } else if p.extension().is_some_and(|e| e == "yaml") {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -15,6 +15,7 @@ mod interop;
 mod monitoring;
 mod pki;
 mod prometheus;
+mod reload;
 mod sinks;
 mod tls;
 mod tls_interop;

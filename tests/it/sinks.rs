@@ -137,6 +137,72 @@ async fn http_passthrough_gzip_when_configured() {
 }
 
 #[tokio::test]
+async fn http_passthrough_relays_a_gzip_body_as_received_and_the_path_when_asked() {
+    use std::io::Write;
+    let (relay, decoded) = (HttpBackend::start().await, HttpBackend::start().await);
+    let mut as_received = http(&[format!("http://{}/ingest/", relay.addr)]);
+    as_received.name = "relay".into();
+    as_received.forward_path = true;
+    let mut plain = http(&[format!("http://{}/ingest", decoded.addr)]);
+    plain.name = "decoded".into();
+    plain.compression = Compression::None;
+    let fwd = Forwarder::start(with_sinks(vec![
+        SinkConfig::Http(as_received),
+        SinkConfig::Http(plain),
+    ]))
+    .await;
+    let body = list(1..4);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&body).unwrap();
+    let wire = gz.finish().unwrap();
+    let gzip = [("Content-Encoding", "gzip")];
+    assert_eq!(
+        post(fwd.addr, "/post?timeout=30s", &gzip, &wire)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        post(fwd.addr, "/k8s-audit", &[], &list(4..5)).await.status,
+        200
+    );
+    for backend in [&relay, &decoded] {
+        wait_ids(
+            "2 requests",
+            || backend.recorded().iter().map(|r| r.path.clone()).collect(),
+            2,
+        )
+        .await;
+    }
+    let mut got = relay.recorded();
+    got.sort_by_key(|r| r.target.clone());
+    assert_eq!(got[0].target, "/ingest/k8s-audit");
+    assert_eq!(got[1].target, "/ingest/post?timeout=30s");
+    assert_eq!(got[1].headers["content-encoding"], "gzip");
+    assert_eq!(
+        got[1].body[..],
+        wire[..],
+        "the received gzip bytes, unchanged"
+    );
+    assert!(got[0].headers.get("content-encoding").is_none());
+    assert_eq!(got[0].body[..], list(4..5)[..]);
+    let got = decoded.recorded();
+    assert!(
+        got.iter().all(|r| r.target == "/ingest"),
+        "the endpoint URL as written"
+    );
+    assert!(
+        got.iter()
+            .all(|r| r.headers.get("content-encoding").is_none())
+    );
+    assert!(
+        got.iter().any(|r| r.body[..] == body[..]),
+        "decompressed on request"
+    );
+    fwd.stop().await;
+}
+
+#[tokio::test]
 async fn http_ndjson_and_json_array_rebatch_events() {
     for encoding in [Encoding::Ndjson, Encoding::JsonArray] {
         let backend = HttpBackend::start().await;
@@ -235,6 +301,105 @@ async fn rejected_event_is_split_out(encoding: Encoding) {
     );
     assert_eq!(sent(&m, "http"), 4.0);
     fwd.stop().await;
+}
+
+/// A batch of 5 whose third event the backend rejects (400) whatever it is
+/// sent with.
+fn batch_with_poison() -> String {
+    String::from_utf8(list(1..6))
+        .unwrap()
+        .replacen(r#""verb":"get"}"#, r#""verb":"get","note":"poison"}"#, 3)
+        .replacen(r#""note":"poison""#, r#""note":"fine""#, 2)
+}
+
+fn dead_letter_sink(backend: &HttpBackend, file: &std::path::Path) -> SinkConfig {
+    let mut sink = http(&[format!("http://{}/", backend.addr)]);
+    sink.encoding = Encoding::Ndjson;
+    sink.batch.timeout_ms = 20;
+    sink.dead_letter_file = Some(file.to_owned());
+    SinkConfig::Http(sink)
+}
+
+#[tokio::test]
+async fn dead_letter_file_in_a_folder_that_does_not_exist_fails_the_start_naming_it() {
+    let backend = HttpBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("missing/dead.ndjson");
+    let cfg = with_sinks(vec![dead_letter_sink(&backend, &file)]);
+    let err = kube_audit_forwarder::app::App::new(cfg)
+        .start()
+        .await
+        .err()
+        .expect("start fails");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("dead_letter_file") && msg.contains(&file.display().to_string()),
+        "{msg}"
+    );
+}
+
+async fn dead_lettered(fwd: &Forwarder) -> (f64, f64, f64) {
+    let m = fwd.metrics().await;
+    (
+        m.get(r#"audit_forwarder_events_dead_lettered_total{sink="http"}"#),
+        m.get(r#"audit_forwarder_error_total{reason="dead_letter_write",sink="http"}"#),
+        m.get(r#"audit_forwarder_queue_events{sink="http"}"#),
+    )
+}
+
+#[tokio::test]
+async fn dead_letters_that_cannot_be_written_are_held_and_retried_not_counted() {
+    // A folder removed while running, then put back: the held event is
+    // written once it can be.
+    let backend = HttpBackend::start().await;
+    backend.set_answer(Answer::RejectContaining("poison".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("dead");
+    std::fs::create_dir(&folder).unwrap();
+    let file = folder.join("dead.ndjson");
+    let fwd = Forwarder::start(with_sinks(vec![dead_letter_sink(&backend, &file)])).await;
+    std::fs::remove_dir_all(&folder).unwrap();
+    assert_eq!(fwd.post(batch_with_poison().as_bytes()).await.status, 200);
+    eventually("failed writes counted", || async {
+        dead_lettered(&fwd).await.1 >= 2.0
+    })
+    .await;
+    let (counted, _, held) = dead_lettered(&fwd).await;
+    assert_eq!(counted, 0.0, "not counted as dead-lettered while unwritten");
+    assert_eq!(held, 5.0, "the batch keeps its room in the queue");
+    std::fs::create_dir(&folder).unwrap();
+    eventually("dead letter written", || async {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.lines().count() == 1)
+    })
+    .await;
+    let line = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(json(line.trim())["auditID"], case_id(3));
+    let got = wait_ids("4 good events", || backend.audit_ids(), 4).await;
+    assert_eq!(got, [1, 2, 4, 5].map(case_id));
+    eventually("counted once written, room given back", || async {
+        let (counted, _, held) = dead_lettered(&fwd).await;
+        counted == 1.0 && held == 0.0
+    })
+    .await;
+    fwd.stop().await;
+
+    // A full disk.
+    let backend = HttpBackend::start().await;
+    backend.set_answer(Answer::RejectContaining("poison".into()));
+    let full = std::path::Path::new("/dev/full");
+    let fwd = Forwarder::start(with_sinks(vec![dead_letter_sink(&backend, full)])).await;
+    assert_eq!(fwd.post(batch_with_poison().as_bytes()).await.status, 200);
+    eventually("failed writes counted", || async {
+        dead_lettered(&fwd).await.1 >= 2.0
+    })
+    .await;
+    let (counted, _, held) = dead_lettered(&fwd).await;
+    assert_eq!((counted, held), (0.0, 5.0));
+    let report = fwd.stop().await;
+    assert_eq!(
+        report.undelivered_events, 5,
+        "counted at shutdown, not lost silently"
+    );
 }
 
 #[tokio::test]

@@ -77,7 +77,7 @@ pub(crate) fn encode(events: &[EventRef], encoding: Encoding, compression: Compr
 /// `body` gzipped when `compression` says so.
 pub(crate) fn compress(body: Bytes, compression: Compression) -> Bytes {
     match compression {
-        Compression::None => body,
+        Compression::AsReceived | Compression::None => body,
         Compression::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(
                 Vec::with_capacity(body.len() / 4),

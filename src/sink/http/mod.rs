@@ -1,6 +1,9 @@
 //! The `http` sink: POSTs events to one or more endpoints with retries,
 //! failover and health checks. With `encoding: passthrough` each webhook batch
-//! is relayed as its own request, body unchanged (what HAProxy does); with
+//! is relayed as its own request, body unchanged (what HAProxy does): a body
+//! that came gzipped goes out in its received bytes with `Content-Encoding:
+//! gzip` unless `compression: none` asks for it decompressed, and with
+//! `forward_path` the request's path and query follow the endpoint URL. With
 //! `ndjson` or `json_array` events are re-batched.
 //!
 //! Delivery is at least once: a batch stays in the sink's queue (holding its
@@ -48,6 +51,7 @@ pub struct HttpSink {
     endpoints: Arc<Endpoints>,
     encoding: Encoding,
     compression: Compression,
+    forward_path: bool,
     headers: HeaderMap,
     batch: BatchConfig,
     retry_statuses: Vec<StatusPattern>,
@@ -125,9 +129,6 @@ impl HttpSink {
             header::CONTENT_TYPE,
             HeaderValue::from_static(body::content_type(cfg.encoding)),
         );
-        if cfg.compression == Compression::Gzip {
-            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        }
         for (name, source) in &cfg.headers {
             let value = match (
                 &source.value,
@@ -175,6 +176,7 @@ impl HttpSink {
             endpoints: Arc::new(endpoints),
             encoding: cfg.encoding,
             compression: cfg.compression,
+            forward_path: cfg.forward_path,
             headers,
             batch: cfg.batch.clone(),
             retry_statuses: cfg
@@ -188,7 +190,19 @@ impl HttpSink {
                 Duration::from_secs(cfg.retry.max_backoff_secs),
             ),
             max_in_flight: cfg.max_in_flight,
-            dead_letter: cfg.dead_letter_file.clone().map(DeadLetter::new),
+            dead_letter: match &cfg.dead_letter_file {
+                Some(path) => {
+                    let dl = DeadLetter::new(path.clone());
+                    dl.check().with_context(|| {
+                        format!(
+                            "dead_letter_file {}: cannot be opened for appending",
+                            path.display()
+                        )
+                    })?;
+                    Some(dl)
+                }
+                None => None,
+            },
             health: cfg.health_check.clone(),
             metrics,
             tls: urls_use_tls.then_some(tls),
@@ -238,9 +252,14 @@ impl HttpSink {
 
     async fn passthrough(&self, delivery: Delivery) {
         let batch = delivery.batch.clone();
-        let body = body::compress(batch.body.clone(), self.compression);
+        let (body, gzip) = match (&batch.origin.gzip_wire, self.compression) {
+            (Some(wire), Compression::AsReceived | Compression::Gzip) => (wire.clone(), true),
+            (_, Compression::Gzip) => (body::compress(batch.body.clone(), Compression::Gzip), true),
+            _ => (batch.body.clone(), false),
+        };
         let events = batch.events.len();
-        match self.send(body, events).await {
+        let path = self.forwarded_path(&batch);
+        match self.send(body, gzip, path, events).await {
             Outcome::Delivered => self.delivered(events, batch.body.len()),
             Outcome::Rejected(status) => {
                 let refs: Vec<EventRef> = (0..events)
@@ -352,7 +371,12 @@ impl HttpSink {
         while let Some(part) = stack.pop() {
             let body = body::encode(&part, self.encoding, self.compression);
             let raw_bytes: usize = part.iter().map(|e| e.event().raw.len() + 1).sum();
-            match self.send(body, part.len()).await {
+            let gzip = self.compression == Compression::Gzip;
+            let path = match self.encoding {
+                Encoding::Passthrough => self.forwarded_path(&part[0].batch),
+                Encoding::Ndjson | Encoding::JsonArray => None,
+            };
+            match self.send(body, gzip, path, part.len()).await {
                 Outcome::Delivered => self.delivered(part.len(), raw_bytes),
                 Outcome::Rejected(status) if part.len() > 1 => {
                     tracing::debug!(sink = %self.name, status, events = part.len(), "request rejected; splitting it");
@@ -371,21 +395,44 @@ impl HttpSink {
         self.metrics.bytes_sent.inc_by(bytes as u64);
     }
 
+    /// Events rejected for good: logged, counted, and appended to the
+    /// dead-letter file when there is one. While the file cannot be written
+    /// the events are held (with their room in the queue) and the write is
+    /// tried again with backoff; they count as dead-lettered once written.
     async fn dead_letter(&self, events: &[EventRef], status: u16) {
-        self.metrics.dead_lettered.inc_by(events.len() as u64);
         self.metrics
             .error(&format!("http_{}xx", status / 100), events.len() as u64);
         let ids: Vec<String> = events.iter().take(10).map(EventRef::audit_id).collect();
         tracing::error!(sink = %self.name, status, events = events.len(), audit_ids = ?ids, "endpoint rejected events for good");
-        if let Some(dl) = &self.dead_letter
-            && let Err(e) = dl.append(events.iter().map(EventRef::event)).await
-        {
-            tracing::error!(sink = %self.name, file = %dl.path().display(), error = %e, "failed to write the dead-letter file");
+        if let Some(dl) = &self.dead_letter {
+            let mut backoff = self.backoff.clone();
+            let mut failing = false;
+            while let Err(e) = dl.append(events.iter().map(EventRef::event)).await {
+                self.metrics.error("dead_letter_write", events.len() as u64);
+                if !failing {
+                    tracing::error!(sink = %self.name, file = %dl.path().display(), error = %e, events = events.len(), "failed to write the dead-letter file; holding the events and retrying");
+                }
+                failing = true;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            if failing {
+                tracing::info!(sink = %self.name, file = %dl.path().display(), "dead-letter file written again");
+            }
         }
+        self.metrics.dead_lettered.inc_by(events.len() as u64);
     }
 
-    /// Sends one body until an endpoint takes it or rejects it for good.
-    async fn send(&self, body: Bytes, events: usize) -> Outcome {
+    /// The webhook request's path and query to append to the endpoint URL,
+    /// with `forward_path`.
+    fn forwarded_path<'a>(&self, batch: &'a crate::pipeline::Batch) -> Option<&'a str> {
+        (self.forward_path && !batch.origin.path_and_query.is_empty())
+            .then_some(batch.origin.path_and_query.as_str())
+    }
+
+    /// Sends one body (gzip-encoded when `gzip`), to each endpoint's URL with
+    /// `path` appended when given, until an endpoint takes it or rejects it
+    /// for good.
+    async fn send(&self, body: Bytes, gzip: bool, path: Option<&str>, events: usize) -> Outcome {
         let mut last_failed: Option<usize> = None;
         let mut fresh_retry_used = false;
         let mut failing = false;
@@ -394,12 +441,18 @@ impl HttpSink {
             let i = self.endpoints.pick(last_failed);
             let endpoint = &self.endpoints.list[i];
             let started = Instant::now();
-            let result = self.clients[i]
-                .post(endpoint.url.clone())
+            let url = match path {
+                Some(p) => append_path(&endpoint.url, p),
+                None => endpoint.url.clone(),
+            };
+            let mut request = self.clients[i]
+                .post(url)
                 .headers(self.headers.clone())
-                .body(body.clone())
-                .send()
-                .await;
+                .body(body.clone());
+            if gzip {
+                request = request.header(header::CONTENT_ENCODING, "gzip");
+            }
+            let result = request.send().await;
             self.metrics
                 .send_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -452,6 +505,24 @@ impl HttpSink {
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// `url` with `path_and_query` (`/post?timeout=30s`) appended: the path to
+/// the URL's path (without doubling the slash between them), the query to
+/// the URL's query.
+fn append_path(url: &url::Url, path_and_query: &str) -> url::Url {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+    let mut out = url.clone();
+    let base = url.path().trim_end_matches('/');
+    out.set_path(&format!("{base}{path}"));
+    match (url.query(), query) {
+        (Some(a), Some(b)) => out.set_query(Some(&format!("{a}&{b}"))),
+        (None, Some(b)) => out.set_query(Some(b)),
+        _ => {}
+    }
+    out
 }
 
 /// `Retry-After` in seconds (RFC 9110 §10.2.3; the HTTP-date form is ignored),
@@ -520,5 +591,31 @@ async fn health_checks(
                 _ => endpoints.failure(i),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::append_path;
+
+    fn joined(url: &str, path: &str) -> String {
+        append_path(&url::Url::parse(url).unwrap(), path).to_string()
+    }
+
+    #[test]
+    fn the_received_path_and_query_follow_the_endpoint_url() {
+        assert_eq!(
+            joined("http://10.0.0.10:8080/", "/post?timeout=30s"),
+            "http://10.0.0.10:8080/post?timeout=30s"
+        );
+        assert_eq!(
+            joined("http://h/ingest/", "/post?timeout=30s"),
+            "http://h/ingest/post?timeout=30s"
+        );
+        assert_eq!(
+            joined("http://h/ingest?token=a", "/post?timeout=30s"),
+            "http://h/ingest/post?token=a&timeout=30s"
+        );
+        assert_eq!(joined("http://h", "/post"), "http://h/post");
     }
 }

@@ -452,3 +452,56 @@ async fn a_reload_whose_new_sink_cannot_be_built_changes_nothing() {
     let lines: Vec<String> = out.lines().map(str::to_owned).collect();
     assert_eq!(audit_ids(&lines), [case_id(0), case_id(1)]);
 }
+
+#[tokio::test]
+async fn with_a_disk_buffer_a_reload_keeps_the_sinks_and_says_a_restart_is_needed() {
+    use kube_audit_forwarder::app::App;
+    use kube_audit_forwarder::config::{BufferKind, HttpSinkConfig, SinkConfig};
+    let backend = HttpBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.buffer.kind = BufferKind::Disk;
+    cfg.buffer.path = dir.path().join("buffer");
+    let (writer, mut reader) = tokio::io::duplex(1 << 20);
+    let running = App::new(cfg.clone())
+        .with_stdout(Box::new(writer))
+        .start()
+        .await
+        .unwrap();
+    let (addr, metrics) = (running.http_addr, running.metrics.clone());
+    let reloader = running.reloader();
+    let token = running.shutdown_token();
+    let task = tokio::spawn(running.wait());
+
+    let mut more = cfg.clone();
+    more.sinks.push(SinkConfig::Http(HttpSinkConfig {
+        name: "backend".into(),
+        endpoints: vec![format!("http://{}/", backend.addr)],
+        ..HttpSinkConfig::default()
+    }));
+    more.pipeline.admission_wait_ms = 50;
+    let report = reloader.reload(more).await.unwrap();
+    assert_eq!(report.restart_needed, ["sinks"]);
+    let count = Metrics::parse(&String::from_utf8(metrics.render()).unwrap())
+        .get(&format!(r#"{RELOADS}{{result="restart_required"}}"#));
+    assert_eq!(count, 1.0);
+    assert_eq!(
+        post(addr, "/post", &[], list(0..3).as_bytes()).await.status,
+        200
+    );
+    let mut out = Vec::new();
+    while out.iter().filter(|&&b| b == b'\n').count() < 3 {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(
+            PATIENCE,
+            tokio::io::AsyncReadExt::read(&mut reader, &mut buf),
+        )
+        .await
+        .expect("the running stdout sink still writes")
+        .unwrap();
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert!(backend.recorded().is_empty(), "no sink was added");
+    token.cancel();
+    task.await.unwrap();
+}

@@ -76,7 +76,8 @@ pub struct HttpSourceConfig {
     pub max_body_bytes: u64,
     /// Largest body in bytes after `Content-Encoding: gzip` is undone.
     pub max_decoded_bytes: u64,
-    /// Seconds a client has to send the request headers.
+    /// Seconds a client has to complete a request head once its first byte
+    /// has arrived, and to begin the first request on a new connection.
     pub header_read_timeout_secs: u64,
     /// Seconds a client has to send the whole body once the headers are in.
     pub body_read_timeout_secs: u64,
@@ -87,8 +88,8 @@ pub struct HttpSourceConfig {
     /// File holding a bearer token (RFC 6750) that every request on the plain
     /// listener must carry in `Authorization`; 401 otherwise. Empty means unset.
     pub bearer_token_file: PathBuf,
-    /// Seconds a connection may stay open with no request in flight (HTTP/2;
-    /// an idle HTTP/1.1 connection is closed after `header_read_timeout_secs`).
+    /// Seconds a connection may stay open with no request in flight, HTTP/1.1
+    /// keep-alive and HTTP/2 alike.
     pub idle_timeout_secs: u64,
     /// Most HTTP/2 streams (requests) in flight on one connection.
     pub http2_max_concurrent_streams: u32,

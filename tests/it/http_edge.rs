@@ -447,3 +447,60 @@ async fn refused_requests_move_no_event_counter() {
     assert_eq!(m.get("audit_forwarder_events_received_total"), 5.0);
     fwd.stop().await;
 }
+
+/// One keep-alive POST of `body` on `conn`, as Go's HTTP client sends it.
+async fn keep_alive_post(conn: &mut tokio::net::TcpStream, body: &str) -> Response {
+    use tokio::io::AsyncWriteExt;
+    let raw = format!(
+        "POST /post HTTP/1.1\r\nHost: forwarder.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(raw.as_bytes()).await.unwrap();
+    tokio::time::timeout(PATIENCE, read_response(conn))
+        .await
+        .expect("response in time")
+}
+
+#[tokio::test]
+async fn idle_keep_alive_outlasts_the_header_timeout_while_a_dawdling_head_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = config();
+    cfg.source.http.header_read_timeout_secs = 1;
+    cfg.source.http.idle_timeout_secs = 60;
+    let fwd = Forwarder::start(cfg).await;
+
+    // Idle three times the header timeout between two requests: kept.
+    let mut conn = tokio::net::TcpStream::connect(fwd.addr).await.unwrap();
+    assert_eq!(keep_alive_post(&mut conn, &list(1..2)).await.status, 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(keep_alive_post(&mut conn, &list(2..3)).await.status, 200);
+    assert_eq!(
+        audit_ids(&fwd.out.wait_lines(2).await),
+        [case_id(1), case_id(2)]
+    );
+
+    // The next head begins and stalls: cut long before the idle timeout.
+    conn.write_all(b"POST /post HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the server closed the connection");
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    fwd.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_keep_alive_lasts_past_go_clients_90_s_at_the_defaults() {
+    let fwd = Forwarder::start(config()).await;
+    let mut conn = tokio::net::TcpStream::connect(fwd.addr).await.unwrap();
+    assert_eq!(keep_alive_post(&mut conn, &list(1..2)).await.status, 200);
+    // Paused time: the clock jumps over the wait, the timers see 95 s.
+    tokio::time::sleep(Duration::from_secs(95)).await;
+    assert_eq!(keep_alive_post(&mut conn, &list(2..3)).await.status, 200);
+    assert_eq!(
+        audit_ids(&fwd.out.wait_lines(2).await),
+        [case_id(1), case_id(2)]
+    );
+    fwd.stop().await;
+}

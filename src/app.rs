@@ -86,6 +86,9 @@ impl App {
     /// A listener address that cannot be bound, named in the error.
     pub async fn start(mut self) -> anyhow::Result<Running> {
         let cfg = &self.config;
+        for warning in cfg.warnings() {
+            tracing::warn!("{warning}");
+        }
         let http_cfg = &cfg.source.http;
         let specs: Vec<QueueSpec> = cfg
             .sinks

@@ -16,7 +16,13 @@ use tokio::signal::unix::{SignalKind, signal};
 struct Cli {
     /// YAML config file; without it the built-in default is used (listen on
     /// 0.0.0.0:3000, JSON lines to stdout, metrics on 0.0.0.0:9090).
-    #[arg(long, short, value_name = "FILE", env = "AUDIT_FORWARDER_CONFIG")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        env = "AUDIT_FORWARDER_CONFIG",
+        global = true
+    )]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -27,10 +33,11 @@ enum Command {
     /// Run the forwarder (the default).
     Run,
     /// Check a config file (with environment overrides applied) and exit: 0 when
-    /// it is valid, 1 with a message naming the bad key when it is not.
+    /// it is valid (warnings, if any, on stderr), 1 with a message naming the
+    /// bad key when it is not.
     CheckConfig {
-        /// The file to check.
-        file: PathBuf,
+        /// The file to check; `--config FILE` when absent.
+        file: Option<PathBuf>,
     },
 }
 
@@ -38,16 +45,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = std::env::vars();
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig { file } => match config::load(Some(&file), env) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { file } => {
+            let Some(file) = file.or(cli.config) else {
+                eprintln!("error: check-config needs a file: check-config FILE, or --config FILE");
+                return ExitCode::FAILURE;
+            };
+            check_config(&file, env)
+        }
         Command::Run => {
             let config = match config::load(cli.config.as_deref(), env) {
                 Ok(c) => c,
@@ -64,6 +68,23 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `check-config`: the file's verdict on stdout, warnings and errors on stderr.
+fn check_config(file: &std::path::Path, env: std::env::Vars) -> ExitCode {
+    match config::load(Some(file), env) {
+        Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

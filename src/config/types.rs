@@ -141,6 +141,10 @@ pub struct PipelineConfig {
     pub admission_wait_ms: u64,
     /// Seconds sent in `Retry-After` with a 503.
     pub retry_after_secs: u64,
+    /// Events in the largest batch the API server is expected to send (its
+    /// `--audit-webhook-batch-max-size`, 400 by default); a `block` queue
+    /// smaller than this is warned about. 0 turns the warning off.
+    pub expected_batch_events: usize,
 }
 
 impl Default for PipelineConfig {
@@ -148,6 +152,7 @@ impl Default for PipelineConfig {
         Self {
             admission_wait_ms: 200,
             retry_after_secs: 1,
+            expected_batch_events: 400,
         }
     }
 }
@@ -523,6 +528,27 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// What is valid but likely to lose events, one message per problem,
+    /// naming the key: a `block` queue that holds fewer events than
+    /// `pipeline.expected_batch_events` answers every full-size batch 413,
+    /// and the API server drops a batch after its retries.
+    pub fn warnings(&self) -> Vec<String> {
+        let batch = self.pipeline.expected_batch_events;
+        self.sinks
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.queue().when_full == WhenFull::Block)
+            .filter(|(_, s)| s.queue().capacity_events < batch)
+            .map(|(i, s)| {
+                format!(
+                    "sinks[{i}].queue.capacity_events: {} (sink {:?}) is below pipeline.expected_batch_events ({batch}): a batch of {batch} events would be refused with 413 too_many_events and dropped by the API server after its retries; raise capacity_events or lower the API server's --audit-webhook-batch-max-size",
+                    s.queue().capacity_events,
+                    s.name(),
+                )
+            })
+            .collect()
     }
 
     fn validate_buffer(&self) -> Result<(), (String, String)> {

@@ -145,6 +145,8 @@ impl App {
                     Sink::Tcp(TcpSink::build(c).with_context(|| format!("sink {}", c.name))?)
                 }
             };
+            let (errors, connection_errors) = sink.reasons();
+            reader.metrics().known_reasons(errors, connection_errors);
             if let Some(tls) = sink.tls() {
                 watchers.extend(watch_sink_tls(sink_cfg.name(), tls, &tls_metrics)?);
             }

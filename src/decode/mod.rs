@@ -76,6 +76,14 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every [`reason`](Self::reason).
+    pub const REASONS: &[&str] = &[
+        "empty_body",
+        "invalid_json",
+        "not_an_event_list",
+        "too_many_events",
+    ];
+
     /// Bounded metric label: `empty_body`, `invalid_json`, `not_an_event_list` or
     /// `too_many_events`.
     pub fn reason(&self) -> &'static str {

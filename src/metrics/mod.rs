@@ -1,5 +1,9 @@
 //! Prometheus metrics: one [`Metrics`] registered into an explicit
 //! [`prometheus::Registry`], recorded per request and per batch, never per event.
+//! Every labelled counter is created at 0 for the label values known when
+//! its component is built, so that `increase()` sees the first event; the
+//! standard `process_*` series (memory, CPU, open file descriptors, start
+//! time) come from the prometheus crate's process collector on Linux.
 
 pub mod names;
 pub mod tls;
@@ -69,6 +73,22 @@ pub struct SinkMetrics {
 }
 
 impl SinkMetrics {
+    /// Creates `audit_forwarder_error_total{sink, reason}` for each of
+    /// `errors` and `audit_forwarder_connection_errors_total{sink, reason}`
+    /// for each of `connection_errors`, at 0.
+    pub fn known_reasons(&self, errors: &[&str], connection_errors: &[&str]) {
+        for reason in errors {
+            self.metrics
+                .errors
+                .with_label_values(&[self.sink.as_str(), reason]);
+        }
+        for reason in connection_errors {
+            self.metrics
+                .connection_errors
+                .with_label_values(&[self.sink.as_str(), reason]);
+        }
+    }
+
     /// Counts `events` under `audit_forwarder_error_total{sink, reason}`.
     pub fn error(&self, reason: &str, events: u64) {
         self.metrics
@@ -242,7 +262,38 @@ impl Metrics {
             .register(Box::new(info.clone()))
             .expect("unique gauge");
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique process metrics");
         m
+    }
+
+    /// Creates, at 0, `requests_total{code}` for each of `codes`,
+    /// `requests_rejected_total{reason}` for each of `rejections`,
+    /// `decode_errors_total{reason}` for each of `decode_errors`, and
+    /// `events_dropped_total{sink="all", reason}` for each of `dropped`.
+    pub fn known_request_labels(
+        &self,
+        codes: &[u16],
+        rejections: &[&str],
+        decode_errors: &[&str],
+        dropped: &[&str],
+    ) {
+        for code in codes {
+            self.requests.with_label_values(&[&code.to_string()]);
+        }
+        for reason in rejections.iter().chain(decode_errors) {
+            self.rejected.with_label_values(&[reason]);
+        }
+        for reason in decode_errors {
+            self.decode_errors.with_label_values(&[reason]);
+        }
+        for reason in dropped {
+            self.dropped.with_label_values(&["all", reason]);
+        }
     }
 
     /// Records one answered request: its status code and duration in seconds, and

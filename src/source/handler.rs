@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::body;
 use super::error::{RequestError, json_response};
 use crate::config::HttpSourceConfig;
-use crate::decode::{DecodeOptions, Decoded};
+use crate::decode::{DecodeError, DecodeOptions, Decoded};
 use crate::metrics::Metrics;
 use crate::pipeline::{Batch, Pipeline};
 
@@ -47,6 +47,12 @@ impl Handler {
         metrics: Metrics,
         draining: CancellationToken,
     ) -> Self {
+        metrics.known_request_labels(
+            RequestError::STATUSES,
+            RequestError::REASONS,
+            DecodeError::REASONS,
+            &["event_too_large"],
+        );
         Self {
             paths: cfg.paths.iter().map(|p| normalize(p).to_owned()).collect(),
             max_body_bytes: cfg.max_body_bytes,

@@ -4,19 +4,21 @@
 //! `ndjson` or `json_array` events are re-batched.
 //!
 //! Delivery is at least once: a batch stays in the sink's queue (holding its
-//! room) until an endpoint answers 2xx, or rejects it with a status that is not
-//! retried. Connection errors, timeouts and `retry_statuses` are retried without
-//! end, with backoff and jitter, honouring `Retry-After`; a full queue then
-//! pushes back to the API server as 503. A request that fails on a pooled
-//! connection the peer had closed is retried at once on a fresh one. A
-//! rejected re-batched request is split in halves until the bad event is
-//! found; what stays rejected is counted, logged with its auditID, and written
-//! to the dead-letter file.
+//! room) until an endpoint answers 2xx, or rejects its content with one of
+//! `reject_statuses` (400, 413, 415, 422 by default). Connection errors,
+//! timeouts and every other status are retried without end, with backoff and
+//! jitter, honouring `Retry-After`; a full queue then pushes back to the API
+//! server as 503. 401, 403 and 407 say the sink's credentials were refused:
+//! they are retried like an outage, counted as `unauthorized`, and logged at
+//! most once a minute. A request that fails on a pooled connection the peer
+//! had closed is retried at once on a fresh one. A rejected request is split
+//! in halves until the bad event is found; what stays rejected is counted,
+//! logged with its auditID, and written to the dead-letter file.
 
 mod body;
 mod endpoints;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,6 +53,10 @@ pub struct HttpSink {
     headers: HeaderMap,
     batch: BatchConfig,
     retry_statuses: Vec<StatusPattern>,
+    reject_statuses: Vec<StatusPattern>,
+    /// When a refused credential was last logged, and how many refusals
+    /// went unlogged since.
+    auth_log: Mutex<(Option<Instant>, u64)>,
     backoff: Backoff,
     max_in_flight: usize,
     dead_letter: Option<DeadLetter>,
@@ -63,6 +69,31 @@ pub struct HttpSink {
 enum Outcome {
     Delivered,
     Rejected(u16),
+}
+
+/// What an answer's status means for the request.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The events are refused: split, then dead-letter.
+    Reject,
+    /// The sink's credentials are refused (401, 403, 407): retry.
+    Unauthorized,
+    /// Anything else: retry.
+    Retry,
+}
+
+/// Shortest time between two logs of refused credentials.
+const AUTH_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The verdict on a non-2xx `status`.
+fn verdict(status: u16, retry: &[StatusPattern], reject: &[StatusPattern]) -> Verdict {
+    if matches!(status, 401 | 403 | 407) {
+        Verdict::Unauthorized
+    } else if reject.iter().any(|p| p.matches(status)) && !retry.iter().any(|p| p.matches(status)) {
+        Verdict::Reject
+    } else {
+        Verdict::Retry
+    }
 }
 
 impl HttpSink {
@@ -183,6 +214,13 @@ impl HttpSink {
                 .iter()
                 .filter_map(|s| StatusPattern::parse(s))
                 .collect(),
+            reject_statuses: cfg
+                .retry
+                .reject_statuses
+                .iter()
+                .filter_map(|s| StatusPattern::parse(s))
+                .collect(),
+            auth_log: Mutex::new((None, 0)),
             backoff: Backoff::new(
                 Duration::from_millis(cfg.retry.initial_backoff_ms),
                 Duration::from_secs(cfg.retry.max_backoff_secs),
@@ -384,6 +422,25 @@ impl HttpSink {
         }
     }
 
+    /// Logs a refused credential, at most once per [`AUTH_LOG_INTERVAL`]
+    /// for the whole sink, with the number of refusals since the last log.
+    fn log_unauthorized(&self, endpoint: &str, status: u16) {
+        let now = Instant::now();
+        let mut log = self.auth_log.lock().expect("not poisoned");
+        log.1 += 1;
+        if log.0.is_some_and(|last| now < last + AUTH_LOG_INTERVAL) {
+            return;
+        }
+        tracing::error!(
+            sink = %self.name,
+            endpoint,
+            status,
+            refusals = log.1,
+            "endpoint refused the sink's credentials (authentication failure); retrying until it accepts them"
+        );
+        *log = (Some(now), 0);
+    }
+
     /// Sends one body until an endpoint takes it or rejects it for good.
     async fn send(&self, body: Bytes, events: usize) -> Outcome {
         let mut last_failed: Option<usize> = None;
@@ -415,12 +472,19 @@ impl HttpSink {
                         }
                         return Outcome::Delivered;
                     }
-                    if !self.retry_statuses.iter().any(|p| p.matches(status)) {
-                        return Outcome::Rejected(status);
+                    // A retried status counts against the endpoint too.
+                    match verdict(status, &self.retry_statuses, &self.reject_statuses) {
+                        Verdict::Reject => return Outcome::Rejected(status),
+                        Verdict::Unauthorized => {
+                            self.endpoints.failure(i);
+                            self.log_unauthorized(&endpoint.label, status);
+                            ("unauthorized".to_owned(), retry_after)
+                        }
+                        Verdict::Retry => {
+                            self.endpoints.failure(i);
+                            (format!("http_{}xx", status / 100), retry_after)
+                        }
                     }
-                    // A retryable status counts against the endpoint too.
-                    self.endpoints.failure(i);
-                    (format!("http_{}xx", status / 100), retry_after)
                 }
                 Err(e) => {
                     self.endpoints.failure(i);

@@ -156,7 +156,6 @@ impl TcpSink {
                 tracing::info!(sink = %self.name, endpoint = %self.endpoint, failures, "connected again");
             }
             failures = 0;
-            counted = 0;
             self.backoff.reset();
             let mut unconfirmed = VecDeque::new();
             let lost = self

@@ -36,6 +36,7 @@ pub struct Metrics {
     /// Events truncated for `decode.max_event_bytes`.
     pub events_truncated: IntCounter,
     dropped: IntCounterVec,
+    repaired: IntCounterVec,
     sent_events: IntCounterVec,
     sent_bytes: IntCounterVec,
     errors: IntCounterVec,
@@ -202,6 +203,11 @@ impl Metrics {
                 "Events discarded after acceptance, by sink and reason.",
                 &["sink", "reason"],
             ),
+            repaired: counter(
+                EVENTS_REPAIRED_TOTAL,
+                "Accepted events changed to be forwarded, by reason.",
+                &["reason"],
+            ),
             sent_events: counter(EVENTS_SENT_TOTAL, "Events delivered, by sink.", &["sink"]),
             sent_bytes: counter(BYTES_SENT_TOTAL, "Bytes delivered, by sink.", &["sink"]),
             errors: counter(
@@ -273,15 +279,20 @@ impl Metrics {
 
     /// Creates, at 0, `requests_total{code}` for each of `codes`,
     /// `requests_rejected_total{reason}` for each of `rejections`,
-    /// `decode_errors_total{reason}` for each of `decode_errors`, and
-    /// `events_dropped_total{sink="all", reason}` for each of `dropped`.
+    /// `decode_errors_total{reason}` for each of `decode_errors`,
+    /// `events_dropped_total{sink="all", reason}` for each of `dropped`, and
+    /// `events_repaired_total{reason}` for each of `repaired`.
     pub fn known_request_labels(
         &self,
         codes: &[u16],
         rejections: &[&str],
         decode_errors: &[&str],
         dropped: &[&str],
+        repaired: &[&str],
     ) {
+        for reason in repaired {
+            self.repaired.with_label_values(&[reason]);
+        }
         for code in codes {
             self.requests.with_label_values(&[&code.to_string()]);
         }
@@ -312,6 +323,11 @@ impl Metrics {
     /// Counts one body refused by the decoder.
     pub fn decode_error(&self, reason: &str) {
         self.decode_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts accepted events that were changed to be forwarded.
+    pub fn events_repaired(&self, reason: &str, events: u64) {
+        self.repaired.with_label_values(&[reason]).inc_by(events);
     }
 
     /// Counts events dropped before the fan-out.

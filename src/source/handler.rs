@@ -51,7 +51,8 @@ impl Handler {
             RequestError::STATUSES,
             RequestError::REASONS,
             DecodeError::REASONS,
-            &["event_too_large"],
+            &["event_too_large", "not_an_object"],
+            &["invalid_utf8"],
         );
         Self {
             paths: cfg.paths.iter().map(|p| normalize(p).to_owned()).collect(),
@@ -146,6 +147,7 @@ impl Handler {
         let dropped = decoded.dropped.len() as u64;
         let dropped_ids = dropped_ids(&body, &decoded);
         let truncated = decoded.truncated as u64;
+        let (not_objects, repaired) = (decoded.not_objects as u64, decoded.repaired as u64);
         let events = decoded.events.len();
         self.pipeline
             .admit(Batch::new(body, decoded.events))
@@ -155,10 +157,27 @@ impl Handler {
         for (id, bytes) in dropped_ids {
             tracing::warn!(audit_id = %id, bytes, "dropping event over decode.max_event_bytes even after truncation");
         }
+        if not_objects > 0 {
+            tracing::warn!(
+                items = not_objects,
+                "dropping items that are not objects, so not audit events"
+            );
+        }
+        if repaired > 0 {
+            tracing::warn!(
+                events = repaired,
+                "replaced invalid UTF-8 with U+FFFD in events, as the API server's decoder does"
+            );
+        }
         self.metrics
             .dropped_before_fanout("event_too_large", dropped);
+        self.metrics
+            .dropped_before_fanout("not_an_object", not_objects);
+        self.metrics.events_repaired("invalid_utf8", repaired);
         self.metrics.events_truncated.inc_by(truncated);
-        self.metrics.events_received.inc_by(events as u64 + dropped);
+        self.metrics
+            .events_received
+            .inc_by(events as u64 + dropped + not_objects);
         self.metrics.bytes_received.inc_by(wire.len() as u64);
         Ok(events)
     }

@@ -504,3 +504,73 @@ async fn idle_keep_alive_lasts_past_go_clients_90_s_at_the_defaults() {
     );
     fwd.stop().await;
 }
+
+#[tokio::test]
+async fn a_lone_surrogate_escape_costs_no_event_and_is_kept_as_received() {
+    let fwd = Forwarder::start(config()).await;
+    let odd = format!(r#"{{"auditID":"{}","s":"\ud800 and \udc00"}}"#, case_id(2));
+    let body = event_list_of(&[
+        format!(r#"{{"auditID":"{}"}}"#, case_id(1)),
+        odd.clone(),
+        format!(r#"{{"auditID":"{}"}}"#, case_id(3)),
+    ]);
+    assert_eq!(fwd.post(body.as_bytes()).await.status, 200);
+    let lines = fwd.out.wait_lines(3).await;
+    assert_eq!(lines[1], odd, "the escapes as received");
+    assert_eq!(
+        [&lines[0], &lines[2]].map(|l| json(l)["auditID"].clone()),
+        [case_id(1), case_id(3)].map(serde_json::Value::from)
+    );
+    fwd.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_one_event_costs_no_neighbour_and_is_counted() {
+    let fwd = Forwarder::start(config()).await;
+    let body = [
+        format!(r#"{{"items":[{{"auditID":"{}","s":"a"#, case_id(1)).into_bytes(),
+        b"\xff\xc3".to_vec(),
+        format!(r#"b"}},{{"auditID":"{}"}}]}}"#, case_id(2)).into_bytes(),
+    ]
+    .concat();
+    assert_eq!(fwd.post(&body).await.status, 200);
+    let lines = fwd.out.wait_lines(2).await;
+    assert_eq!(
+        json(&lines[0])["s"],
+        "a\u{FFFD}\u{FFFD}b",
+        "as Go decodes it"
+    );
+    assert_eq!(audit_ids(&lines), [case_id(1), case_id(2)]);
+    let m = fwd.metrics().await;
+    assert_eq!(
+        m.get(r#"audit_forwarder_events_repaired_total{reason="invalid_utf8"}"#),
+        1.0
+    );
+    assert_eq!(m.get("audit_forwarder_events_received_total"), 2.0);
+    fwd.stop().await;
+}
+
+#[tokio::test]
+async fn items_that_are_not_objects_are_not_written_as_lines_but_dropped_and_counted() {
+    let fwd = Forwarder::start(config()).await;
+    let body = format!(
+        r#"{{"kind":"EventList","items":[1,"x",null,{{"auditID":"{}"}},[2]]}}"#,
+        case_id(1)
+    );
+    assert_eq!(fwd.post(body.as_bytes()).await.status, 200);
+    assert_eq!(fwd.post(b"[1,2,3]").await.status, 200);
+    let body = format!(r#"[{{"auditID":"{}"}}]"#, case_id(2));
+    assert_eq!(fwd.post(body.as_bytes()).await.status, 200);
+    assert_eq!(
+        audit_ids(&fwd.out.wait_lines(2).await),
+        [case_id(1), case_id(2)]
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fwd.out.lines().len(), 2, "{:?}", fwd.out.lines());
+    let m = fwd.metrics().await;
+    assert_eq!(
+        m.get(r#"audit_forwarder_events_dropped_total{reason="not_an_object",sink="all"}"#),
+        7.0
+    );
+    fwd.stop().await;
+}

@@ -586,3 +586,38 @@ async fn health_checks(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_about_content_reject_and_credentials_are_always_retried() {
+        let parse = |l: &[&str]| -> Vec<StatusPattern> {
+            l.iter().filter_map(|s| StatusPattern::parse(s)).collect()
+        };
+        let (retry, reject) = (
+            parse(&["408", "429", "5xx"]),
+            parse(&["400", "413", "415", "422"]),
+        );
+        for (status, want) in [
+            (400, Verdict::Reject),
+            (422, Verdict::Reject),
+            (401, Verdict::Unauthorized),
+            (403, Verdict::Unauthorized),
+            (407, Verdict::Unauthorized),
+            (404, Verdict::Retry),
+            (409, Verdict::Retry),
+            (429, Verdict::Retry),
+            (503, Verdict::Retry),
+        ] {
+            assert_eq!(verdict(status, &retry, &reject), want, "{status}");
+        }
+        // A class in reject_statuses, with retry_statuses carving out of it;
+        // credentials stay retried whatever the lists say.
+        let reject = parse(&["4xx"]);
+        assert_eq!(verdict(404, &retry, &reject), Verdict::Reject);
+        assert_eq!(verdict(429, &retry, &reject), Verdict::Retry);
+        assert_eq!(verdict(401, &retry, &reject), Verdict::Unauthorized);
+    }
+}

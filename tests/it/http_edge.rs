@@ -492,6 +492,7 @@ async fn idle_keep_alive_outlasts_the_header_timeout_while_a_dawdling_head_is_cu
 
 #[tokio::test(start_paused = true)]
 async fn idle_keep_alive_lasts_past_go_clients_90_s_at_the_defaults() {
+    use tokio::io::AsyncReadExt;
     let fwd = Forwarder::start(config()).await;
     let mut conn = tokio::net::TcpStream::connect(fwd.addr).await.unwrap();
     assert_eq!(keep_alive_post(&mut conn, &list(1..2)).await.status, 200);
@@ -502,6 +503,11 @@ async fn idle_keep_alive_lasts_past_go_clients_90_s_at_the_defaults() {
         audit_ids(&fwd.out.wait_lines(2).await),
         [case_id(1), case_id(2)]
     );
+    // Past idle_timeout_secs (120) it is closed, without an answer.
+    tokio::time::sleep(Duration::from_secs(121)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok() && got.is_empty(), "{read:?} {got:?}");
     fwd.stop().await;
 }
 

@@ -805,13 +805,16 @@ async fn tcp_reconnect_counts(kill: bool) {
     // unacknowledged in the forwarder's socket.
     assert_eq!(fwd.post(&list(1..61)).await.status, 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    backend.set_mode(TcpMode::Read);
+    // The peer reads again only once the stalled connection is gone, so that
+    // what arrives is what was re-sent.
     if kill {
         backend.kill();
+        backend.set_mode(TcpMode::Read);
         tokio::time::sleep(Duration::from_millis(500)).await;
         backend.restart().await;
     } else {
         backend.reset();
+        backend.set_mode(TcpMode::Read);
     }
     let resent = wait_ids("the unacknowledged events again", || backend.audit_ids(), 1).await;
     eventually("queue drained", || async {

@@ -54,9 +54,8 @@ pub struct HttpSink {
     batch: BatchConfig,
     retry_statuses: Vec<StatusPattern>,
     reject_statuses: Vec<StatusPattern>,
-    /// When a refused credential was last logged, and how many refusals
-    /// went unlogged since.
-    auth_log: Mutex<(Option<Instant>, u64)>,
+    /// When refused credentials may be logged again.
+    auth_log: Mutex<Throttle>,
     backoff: Backoff,
     max_in_flight: usize,
     dead_letter: Option<DeadLetter>,
@@ -84,6 +83,35 @@ enum Verdict {
 
 /// Shortest time between two logs of refused credentials.
 const AUTH_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Lets a repeated event through at most once per interval, with the number
+/// of times it happened since it was last let through.
+struct Throttle {
+    interval: Duration,
+    next: Option<Instant>,
+    count: u64,
+}
+
+impl Throttle {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            next: None,
+            count: 0,
+        }
+    }
+
+    /// Records one occurrence at `now`; `Some(occurrences so far)` when it
+    /// is to be logged.
+    fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.count += 1;
+        if self.next.is_some_and(|next| now < next) {
+            return None;
+        }
+        self.next = Some(now + self.interval);
+        Some(std::mem::take(&mut self.count))
+    }
+}
 
 /// The verdict on a non-2xx `status`.
 fn verdict(status: u16, retry: &[StatusPattern], reject: &[StatusPattern]) -> Verdict {
@@ -220,7 +248,7 @@ impl HttpSink {
                 .iter()
                 .filter_map(|s| StatusPattern::parse(s))
                 .collect(),
-            auth_log: Mutex::new((None, 0)),
+            auth_log: Mutex::new(Throttle::new(AUTH_LOG_INTERVAL)),
             backoff: Backoff::new(
                 Duration::from_millis(cfg.retry.initial_backoff_ms),
                 Duration::from_secs(cfg.retry.max_backoff_secs),
@@ -425,20 +453,20 @@ impl HttpSink {
     /// Logs a refused credential, at most once per [`AUTH_LOG_INTERVAL`]
     /// for the whole sink, with the number of refusals since the last log.
     fn log_unauthorized(&self, endpoint: &str, status: u16) {
-        let now = Instant::now();
-        let mut log = self.auth_log.lock().expect("not poisoned");
-        log.1 += 1;
-        if log.0.is_some_and(|last| now < last + AUTH_LOG_INTERVAL) {
-            return;
+        let due = self
+            .auth_log
+            .lock()
+            .expect("not poisoned")
+            .hit(Instant::now());
+        if let Some(refusals) = due {
+            tracing::error!(
+                sink = %self.name,
+                endpoint,
+                status,
+                refusals,
+                "endpoint refused the sink's credentials (authentication failure); retrying until it accepts them"
+            );
         }
-        tracing::error!(
-            sink = %self.name,
-            endpoint,
-            status,
-            refusals = log.1,
-            "endpoint refused the sink's credentials (authentication failure); retrying until it accepts them"
-        );
-        *log = (Some(now), 0);
     }
 
     /// Sends one body until an endpoint takes it or rejects it for good.
@@ -619,5 +647,19 @@ mod tests {
         assert_eq!(verdict(404, &retry, &reject), Verdict::Reject);
         assert_eq!(verdict(429, &retry, &reject), Verdict::Retry);
         assert_eq!(verdict(401, &retry, &reject), Verdict::Unauthorized);
+    }
+
+    #[test]
+    fn refused_credentials_are_logged_once_per_interval_with_a_count() {
+        let mut t = Throttle::new(Duration::from_secs(60));
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        assert_eq!(t.hit(at(0)), Some(1));
+        for s in 1..60 {
+            assert_eq!(t.hit(at(s)), None, "{s}");
+        }
+        assert_eq!(t.hit(at(60)), Some(60));
+        assert_eq!(t.hit(at(61)), None);
+        assert_eq!(t.hit(at(500)), Some(2));
     }
 }

@@ -63,22 +63,28 @@ fn parse(text: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
     Ok(v)
 }
 
-/// [`parse`] of a text whose `\u` escapes of surrogates, paired or not, are
-/// first each written `\uFFFD`: serde_json refuses a lone surrogate, which is
-/// valid JSON grammar and which Go's decoder (and so the forwarder) accepts.
-/// Both sides of a comparison go through it alike.
+/// [`parse`] of a text whose `\u` escapes of lone surrogates are first each
+/// written `\uFFFD`, as Go decodes them: serde_json refuses a lone surrogate,
+/// which is valid JSON grammar and which Go's decoder (and so the forwarder)
+/// accepts. The same as [`parse`] for every text serde_json accepts.
 fn parse_lenient(text: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
+    let unit = |i: usize| {
+        text.get(i + 2..i + 6)
+            .filter(|_| text.get(i..i + 2) == Some(b"\\u"))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u16::from_str_radix(h, 16).ok())
+    };
     let mut out = Vec::with_capacity(text.len());
     let (mut in_string, mut i) = (false, 0);
     while i < text.len() {
         let b = text[i];
         if in_string && b == b'\\' {
-            let unit = text
-                .get(i + 2..i + 6)
-                .filter(|_| text.get(i + 1) == Some(&b'u'))
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u16::from_str_radix(h, 16).ok());
-            if unit.is_some_and(|u| (0xD800..=0xDFFF).contains(&u)) {
+            let paired = unit(i).is_some_and(|u| (0xD800..=0xDBFF).contains(&u))
+                && unit(i + 6).is_some_and(|u| (0xDC00..=0xDFFF).contains(&u));
+            if paired {
+                out.extend_from_slice(&text[i..i + 12]);
+                i += 12;
+            } else if unit(i).is_some_and(|u| (0xD800..=0xDFFF).contains(&u)) {
                 out.extend_from_slice(b"\\uFFFD");
                 i += 6;
             } else {

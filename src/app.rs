@@ -160,6 +160,9 @@ impl App {
     /// A listener address that cannot be bound, named in the error.
     pub async fn start(self) -> anyhow::Result<Running> {
         let cfg = self.config;
+        for warning in cfg.warnings() {
+            tracing::warn!("{warning}");
+        }
         let specs: Vec<QueueSpec> = cfg.sinks.iter().map(queue_spec).collect();
         let wait = Duration::from_millis(cfg.pipeline.admission_wait_ms);
         let (pipeline, readers) = match cfg.buffer.kind {
@@ -297,6 +300,7 @@ impl Parts {
         cfg: &SinkConfig,
         metrics: SinkMetrics,
     ) -> anyhow::Result<(Sink, Vec<FileWatcher>)> {
+        let known = metrics.clone();
         let sink = match cfg {
             SinkConfig::Stdout(_) => {
                 let given = self.stdout.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -317,6 +321,8 @@ impl Parts {
                 Sink::Tcp(TcpSink::build(c).with_context(|| format!("sink {}", c.name))?)
             }
         };
+        let (errors, connection_errors) = sink.reasons();
+        known.known_reasons(errors, connection_errors);
         let mut watchers = Vec::new();
         if let Some(tls) = sink.tls() {
             watchers.extend(watch_sink_tls(cfg.name(), tls, &self.tls_metrics)?);

@@ -17,7 +17,13 @@ use tokio::signal::unix::{SignalKind, signal};
 struct Cli {
     /// YAML config file; without it the built-in default is used (listen on
     /// 0.0.0.0:3000, JSON lines to stdout, metrics on 0.0.0.0:9090).
-    #[arg(long, short, value_name = "FILE", env = "AUDIT_FORWARDER_CONFIG")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        env = "AUDIT_FORWARDER_CONFIG",
+        global = true
+    )]
     config: Option<PathBuf>,
     /// Also reload the config file when its content changes (a ConfigMap
     /// update), as on SIGHUP.
@@ -32,10 +38,11 @@ enum Command {
     /// Run the forwarder (the default).
     Run,
     /// Check a config file (with environment overrides applied) and exit: 0 when
-    /// it is valid, 1 with a message naming the bad key when it is not.
+    /// it is valid (warnings, if any, on stderr), 1 with a message naming the
+    /// bad key when it is not.
     CheckConfig {
-        /// The file to check.
-        file: PathBuf,
+        /// The file to check; `--config FILE` when absent.
+        file: Option<PathBuf>,
     },
 }
 
@@ -43,16 +50,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = std::env::vars();
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig { file } => match config::load(Some(&file), env) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { file } => {
+            let Some(file) = file.or(cli.config) else {
+                eprintln!("error: check-config needs a file: check-config FILE, or --config FILE");
+                return ExitCode::FAILURE;
+            };
+            check_config(&file, env)
+        }
         Command::Run => {
             // What the file held when loaded, for --watch-config to compare with.
             let loaded = cli.config.as_deref().and_then(|p| std::fs::read(p).ok());
@@ -83,6 +87,23 @@ fn main() -> ExitCode {
 /// Changes the log filter of a running process.
 type SetLevel = Box<dyn Fn(&str) + Send + Sync>;
 
+/// `check-config`: the file's verdict on stdout, warnings and errors on stderr.
+fn check_config(file: &std::path::Path, env: std::env::Vars) -> ExitCode {
+    match config::load(Some(file), env) {
+        Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn run(config: Config, file: Option<ConfigFile>, set_level: SetLevel) -> anyhow::Result<()> {
     let sinks: Vec<String> = config
@@ -101,6 +122,10 @@ async fn run(config: Config, file: Option<ConfigFile>, set_level: SetLevel) -> a
         Some(f) if f.watch => Some(watch_file(f, changed_tx)?),
         _ => None,
     };
+    // SIGTERM and SIGINT are caught from before the listeners are up, so that
+    // one sent as soon as the start is logged still drains.
+    let mut term = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
     let running = App::new(config).start().await?;
     let listeners: Vec<String> = [
         ("http", Some(running.http_addr).filter(|a| a.port() != 0)),
@@ -143,8 +168,6 @@ async fn run(config: Config, file: Option<ConfigFile>, set_level: SetLevel) -> a
         }
     });
     let token = running.shutdown_token();
-    let mut term = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),

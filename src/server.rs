@@ -9,8 +9,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,9 +22,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,13 +52,14 @@ impl<H: Handle> Handle for WithPeer<H> {
 pub struct ServeOptions {
     /// Most connections open at once; more wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Time a client has to send the request headers (HTTP/1.1); an idle
-    /// keep-alive connection is closed after it too.
+    /// Time a client has to send a request head once its first byte has
+    /// arrived (HTTP/1.1), and to begin the first request on a new
+    /// connection. The wait between requests is `idle_timeout`'s.
     pub header_read_timeout: Duration,
     /// Largest request head in bytes (HTTP/1.1) and header list (HTTP/2).
     pub max_header_bytes: usize,
-    /// Time a connection may stay open with no request in flight; `None`
-    /// keeps it open.
+    /// Time a connection may stay open with no request in flight (HTTP/1.1
+    /// keep-alive and HTTP/2 alike); `None` keeps it open.
     pub idle_timeout: Option<Duration>,
     /// Most HTTP/2 streams in flight on one connection
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`, RFC 9113 §6.5.2).
@@ -209,12 +212,15 @@ pub async fn serve_with<A: Accept>(
     tasks.wait().await;
 }
 
-/// The hyper connection builder for `opts`.
+/// The hyper connection builder for `opts`. hyper's own HTTP/1.1 header
+/// timer is off: it also runs while a keep-alive connection waits for its
+/// next request, which would close idle connections long before
+/// `idle_timeout`; [`serve_connection`] times request heads itself.
 pub fn builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(opts.max_header_bytes.max(8192))
         .half_close(true)
         .keep_alive(true);
@@ -232,7 +238,9 @@ pub fn builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
 /// `opts.idle_timeout`, the connection is shut down gracefully: requests in
 /// flight finish, HTTP/2 gets a GOAWAY. A connection that has not begun a
 /// request within `opts.header_read_timeout` of being served is closed, so
-/// sockets that never send a byte cannot hold the connection limit.
+/// sockets that never send a byte cannot hold the connection limit; so is an
+/// HTTP/1.1 connection whose request head, once its first byte has arrived,
+/// is not complete within `opts.header_read_timeout`.
 ///
 /// # Errors
 ///
@@ -252,8 +260,8 @@ where
     let tracked = activity.clone();
     let service = hyper::service::service_fn(move |req| {
         let h = handler.clone();
-        let busy = tracked.begin();
         let h2 = req.version() == http::Version::HTTP_2;
+        let busy = tracked.begin(h2);
         async move {
             let mut resp = h.call(req).await;
             drop(busy);
@@ -265,6 +273,10 @@ where
             Ok::<_, Infallible>(resp)
         }
     });
+    let io = Watched {
+        io,
+        activity: activity.clone(),
+    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -275,16 +287,27 @@ where
             tracing::debug!("closing a connection that sent no request");
             return Ok(());
         }
+        () = activity.head_overdue(opts.header_read_timeout) => {
+            tracing::debug!("closing a connection whose request head did not arrive in time");
+            return Ok(());
+        }
     }
     conn.as_mut().graceful_shutdown();
     conn.await
 }
 
-/// Requests in flight on one connection, and when the last one ended.
+/// Requests in flight on one connection, when the last one ended, and when
+/// the bytes of a request head not yet complete began to arrive.
 struct Activity {
     in_flight: AtomicUsize,
-    began_any: std::sync::atomic::AtomicBool,
+    began_any: AtomicBool,
+    /// The connection speaks HTTP/2, whose frames between requests are no
+    /// request head.
+    http2: AtomicBool,
     last_done: Mutex<Instant>,
+    /// First byte of a request head that hyper has not yet handed over.
+    head_since: Mutex<Option<Instant>>,
+    head_started: Notify,
 }
 
 /// One request in flight; its drop marks the end.
@@ -301,15 +324,49 @@ impl Activity {
     fn new() -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
-            began_any: std::sync::atomic::AtomicBool::new(false),
+            began_any: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
             last_done: Mutex::new(Instant::now()),
+            head_since: Mutex::new(None),
+            head_started: Notify::new(),
         }
     }
 
-    fn begin(self: &Arc<Self>) -> Busy {
+    fn begin(self: &Arc<Self>, http2: bool) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.began_any.store(true, Ordering::Release);
+        if http2 {
+            self.http2.store(true, Ordering::Release);
+        }
+        *self.head_since.lock().expect("not poisoned") = None;
         Busy(self.clone())
+    }
+
+    /// Bytes were read from the client. With no request in flight on an
+    /// HTTP/1.1 connection they are the start of the next request head
+    /// (the handler reads each body to its end before answering).
+    fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Acquire) > 0 || self.http2.load(Ordering::Acquire) {
+            return;
+        }
+        let mut since = self.head_since.lock().expect("not poisoned");
+        if since.is_none() {
+            *since = Some(Instant::now());
+            self.head_started.notify_one();
+        }
+    }
+
+    /// Resolves once a request head has been arriving for `timeout` without
+    /// being complete.
+    async fn head_overdue(&self, timeout: Duration) {
+        loop {
+            let since = *self.head_since.lock().expect("not poisoned");
+            match since {
+                None => self.head_started.notified().await,
+                Some(t) if Instant::now() >= t + timeout => return,
+                Some(t) => tokio::time::sleep_until(t + timeout).await,
+            }
+        }
     }
 
     /// Resolves if no request has begun `timeout` from now; otherwise never.
@@ -335,6 +392,58 @@ impl Activity {
                 tokio::time::sleep_until(deadline).await;
             }
         }
+    }
+}
+
+/// The served stream, telling [`Activity`] when bytes arrive.
+struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.bytes_arrived();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

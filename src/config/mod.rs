@@ -23,6 +23,10 @@ pub use types::*;
 /// Prefix of environment overrides, before the `__` separator.
 pub const ENV_PREFIX: &str = "AUDIT_FORWARDER";
 
+/// The list keys outside `sinks`: from the environment they are given as
+/// comma-separated values (`AUDIT_FORWARDER__SOURCE__HTTP__PATHS=/a,/b`).
+const LIST_KEYS: &[&str] = &["source.http.paths", "source.https.allowed_client_names"];
+
 /// A configuration that could not be loaded or is not valid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,7 +70,7 @@ pub fn load(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let origin = file.map_or_else(
+    let file_origin = file.map_or_else(
         || "(built-in default)".to_owned(),
         |p| p.display().to_string(),
     );
@@ -80,13 +84,28 @@ pub fn load(
     }
     let overrides: config::Map<String, String> =
         env.into_iter().filter(|(k, _)| is_override(k)).collect();
-    let environment = config::Environment::with_prefix(ENV_PREFIX)
+    // A key set from the environment is blamed on its variable, not the file.
+    let origin = |key: &str| {
+        overrides
+            .keys()
+            .find(|var| {
+                let k = override_key(var);
+                key == k || key.starts_with(&format!("{k}.")) || key.starts_with(&format!("{k}["))
+            })
+            .map_or_else(
+                || file_origin.clone(),
+                |var| format!("from environment variable {var}"),
+            )
+    };
+    let mut environment = config::Environment::with_prefix(ENV_PREFIX)
         .prefix_separator("__")
         .separator("__")
         .try_parsing(true)
-        .list_separator(",")
-        .with_list_parse_key("source.http.paths")
-        .source(Some(overrides));
+        .list_separator(",");
+    for key in LIST_KEYS {
+        environment = environment.with_list_parse_key(key);
+    }
+    let environment = environment.source(Some(overrides.clone()));
     let built = builder
         .add_source(environment)
         .build()
@@ -103,19 +122,116 @@ pub fn load(
             }
             message = rest.to_owned();
         }
-        // The config crate appends where it was; the key path says it already.
+        // The config crate appends where it was; the key path and the
+        // origin say it already.
         if let Some(at) = message
             .rfind(" for key `")
-            .filter(|_| message.ends_with('`'))
+            .filter(|_| message.ends_with('`') || message.ends_with("` in the environment"))
         {
             message.truncate(at);
         }
-        ConfigError::key(&origin, key, message)
+        let message = without_type_names(&message);
+        ConfigError::key(&origin(&key), key, message)
     })?;
     config
         .validate()
-        .map_err(|(key, message)| ConfigError::key(&origin, key, message))?;
+        .map_err(|(key, message)| ConfigError::key(&origin(&key), key, message))?;
     Ok(config)
+}
+
+/// The key path an override variable sets: `AUDIT_FORWARDER__LOG__LEVEL`
+/// sets `log.level`.
+fn override_key(var: &str) -> String {
+    var.strip_prefix(ENV_PREFIX)
+        .and_then(|r| r.strip_prefix("__"))
+        .unwrap_or(var)
+        .to_ascii_lowercase()
+        .replace("__", ".")
+}
+
+/// A message without Rust type names. The config crate names an enum by its
+/// type when a string is not one of its variants ("enum LogFormat does not
+/// have variant constructor xml"): said instead as "unknown variant `xml`,
+/// expected `text` or `json`". serde's "expected struct QueueConfig" and
+/// "expected u64" become "expected a map of keys" and "expected a
+/// non-negative integer".
+fn without_type_names(message: &str) -> String {
+    let Some((name, value)) = message
+        .strip_prefix("enum ")
+        .and_then(|m| m.split_once(" does not have variant constructor "))
+    else {
+        return plain_expectation(message);
+    };
+    let variants = match name {
+        "LogFormat" => variants::<LogFormat>(),
+        "BufferKind" => variants::<BufferKind>(),
+        "ClientAuth" => variants::<ClientAuth>(),
+        "WhenFull" => variants::<crate::pipeline::WhenFull>(),
+        _ => &[],
+    };
+    let quoted: Vec<String> = variants.iter().map(|v| format!("`{v}`")).collect();
+    match quoted.as_slice() {
+        [] => format!("unknown variant `{value}`"),
+        [one] => format!("unknown variant `{value}`, expected {one}"),
+        [first @ .., last] => format!(
+            "unknown variant `{value}`, expected {} or {last}",
+            first.join(", ")
+        ),
+    }
+}
+
+/// `message` with a trailing "expected struct X" or "expected u64" said in
+/// words.
+fn plain_expectation(message: &str) -> String {
+    let Some((head, expected)) = message.rsplit_once("expected ") else {
+        return message.to_owned();
+    };
+    let words = match expected {
+        e if e.starts_with("struct ") => "a map of keys",
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
+        "f32" | "f64" => "a number",
+        "path string" => "a path",
+        _ => return message.to_owned(),
+    };
+    format!("{head}expected {words}")
+}
+
+/// The variant names a unit-variant enum is deserialized from, read off
+/// what it asks a deserializer for.
+fn variants<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// A deserializer that only records the variants it is asked for.
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not an enum"))
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = variants;
+            Err(de::Error::custom("probed"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map struct identifier ignored_any
+        }
+    }
+
+    let mut found: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut found));
+    found
 }
 
 /// Whether an environment variable is one of ours and not one Kubernetes injects

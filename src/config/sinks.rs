@@ -239,9 +239,15 @@ pub struct RetryConfig {
     pub initial_backoff_ms: u64,
     /// Longest pause in seconds.
     pub max_backoff_secs: u64,
-    /// Response statuses that are retried (HTTP sink): codes like `429` or
-    /// classes like `5xx`. Connection errors and timeouts are always retried.
+    /// Response statuses that are retried even when `reject_statuses` names
+    /// them (HTTP sink): codes like `429` or classes like `5xx`. Connection
+    /// errors, timeouts, and any status neither list names are retried too.
     pub retry_statuses: Vec<String>,
+    /// Response statuses that say the events themselves are refused (HTTP
+    /// sink): the request is split to find the bad events, which are
+    /// dead-lettered. 401, 403 and 407 are about the sink's credentials, not
+    /// the events, and are always retried.
+    pub reject_statuses: Vec<String>,
 }
 
 impl Default for RetryConfig {
@@ -250,6 +256,7 @@ impl Default for RetryConfig {
             initial_backoff_ms: 100,
             max_backoff_secs: 30,
             retry_statuses: vec!["408".into(), "429".into(), "5xx".into()],
+            reject_statuses: vec!["400".into(), "413".into(), "415".into(), "422".into()],
         }
     }
 }
@@ -465,12 +472,17 @@ impl RetryConfig {
                 "initial_backoff_ms and max_backoff_secs must be greater than 0",
             );
         }
-        for (i, s) in self.retry_statuses.iter().enumerate() {
-            if StatusPattern::parse(s).is_none() {
-                return missing(
-                    &format!("{prefix}.retry_statuses[{i}]"),
-                    "must be a status code like 429 or a class like 5xx",
-                );
+        for (key, list) in [
+            ("retry_statuses", &self.retry_statuses),
+            ("reject_statuses", &self.reject_statuses),
+        ] {
+            for (i, s) in list.iter().enumerate() {
+                if StatusPattern::parse(s).is_none() {
+                    return missing(
+                        &format!("{prefix}.{key}[{i}]"),
+                        "must be a status code like 429 or a class like 5xx",
+                    );
+                }
             }
         }
         Ok(())

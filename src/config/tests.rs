@@ -193,3 +193,91 @@ fn two_listeners_on_one_address_are_refused() {
         "{msg}"
     );
 }
+
+#[test]
+fn list_keys_are_overridden_from_the_environment() {
+    let env = [
+        (
+            "AUDIT_FORWARDER__SOURCE__HTTPS__ALLOWED_CLIENT_NAMES",
+            "kube-apiserver,audit-relay",
+        ),
+        ("AUDIT_FORWARDER__SOURCE__HTTP__PATHS", "/post"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let c = load(None, env).unwrap();
+    assert_eq!(
+        c.source.https.allowed_client_names,
+        ["kube-apiserver", "audit-relay"]
+    );
+    assert_eq!(c.source.http.paths, ["/post"]);
+}
+
+#[test]
+fn an_environment_mistake_names_the_variable_not_the_file() {
+    let f = file("log:\n  level: info\n");
+    let path = f.path().display().to_string();
+    for (var, value, key) in [
+        (
+            "AUDIT_FORWARDER__SOURCE__HTTP__MAX_BODY_BYTE",
+            "10",
+            "source.http.max_body_byte",
+        ),
+        (
+            "AUDIT_FORWARDER__SOURCE__HTTP__MAX_BODY_BYTES",
+            "ten",
+            "source.http.max_body_bytes",
+        ),
+        (
+            "AUDIT_FORWARDER__SOURCE__HTTP__MAX_BODY_BYTES",
+            "0",
+            "source.http.max_body_bytes",
+        ),
+    ] {
+        let env = vec![(var.to_owned(), value.to_owned())];
+        let msg = load(Some(f.path()), env).unwrap_err().to_string();
+        assert!(
+            msg.contains(&format!("environment variable {var}")) && msg.contains(key),
+            "{msg}"
+        );
+        assert!(!msg.contains(&path), "{msg}");
+        assert!(!msg.contains("in the environment"), "{msg}");
+    }
+    let f = file("source:\n  http:\n    max_body_bytes: 0\n");
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+}
+
+#[test]
+fn messages_name_no_rust_types() {
+    for (yaml, expected) in [
+        (
+            "log:\n  format: xml\n",
+            "log.format: unknown variant `xml`, expected `text` or `json`",
+        ),
+        (
+            "buffer:\n  type: tape\n",
+            "buffer.type: unknown variant `tape`, expected `memory` or `disk`",
+        ),
+        (
+            "source:\n  https:\n    client_auth: maybe\n",
+            "unknown variant `maybe`, expected `none`, `optional` or `required`",
+        ),
+        (
+            "sinks:\n  - type: stdout\n    queue:\n      when_full: drop_oldest\n",
+            "unknown variant `drop_oldest`, expected `block` or `drop_newest`",
+        ),
+        (
+            "sinks:\n  - type: stdout\n    queue: 5\n",
+            "sinks[0].queue: invalid type: number, expected a map of keys",
+        ),
+        (
+            "sinks:\n  - type: http\n    endpoints: [\"http://x\"]\n    timeout_secs: abc\n",
+            "expected a non-negative integer",
+        ),
+        ("source: 5\n", "expected a map of keys"),
+    ] {
+        let f = file(yaml);
+        let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+        assert!(msg.contains(expected), "{yaml}: {msg}");
+    }
+}

@@ -76,7 +76,8 @@ pub struct HttpSourceConfig {
     pub max_body_bytes: u64,
     /// Largest body in bytes after `Content-Encoding: gzip` is undone.
     pub max_decoded_bytes: u64,
-    /// Seconds a client has to send the request headers.
+    /// Seconds a client has to complete a request head once its first byte
+    /// has arrived, and to begin the first request on a new connection.
     pub header_read_timeout_secs: u64,
     /// Seconds a client has to send the whole body once the headers are in.
     pub body_read_timeout_secs: u64,
@@ -87,8 +88,8 @@ pub struct HttpSourceConfig {
     /// File holding a bearer token (RFC 6750) that every request on the plain
     /// listener must carry in `Authorization`; 401 otherwise. Empty means unset.
     pub bearer_token_file: PathBuf,
-    /// Seconds a connection may stay open with no request in flight (HTTP/2;
-    /// an idle HTTP/1.1 connection is closed after `header_read_timeout_secs`).
+    /// Seconds a connection may stay open with no request in flight, HTTP/1.1
+    /// keep-alive and HTTP/2 alike.
     pub idle_timeout_secs: u64,
     /// Most HTTP/2 streams (requests) in flight on one connection.
     pub http2_max_concurrent_streams: u32,
@@ -140,6 +141,10 @@ pub struct PipelineConfig {
     pub admission_wait_ms: u64,
     /// Seconds sent in `Retry-After` with a 503.
     pub retry_after_secs: u64,
+    /// Events in the largest batch the API server is expected to send (its
+    /// `--audit-webhook-batch-max-size`, 400 by default); a `block` queue
+    /// smaller than this is warned about. 0 turns the warning off.
+    pub expected_batch_events: usize,
 }
 
 impl Default for PipelineConfig {
@@ -147,6 +152,7 @@ impl Default for PipelineConfig {
         Self {
             admission_wait_ms: 200,
             retry_after_secs: 1,
+            expected_batch_events: 400,
         }
     }
 }
@@ -522,6 +528,27 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// What is valid but likely to lose events, one message per problem,
+    /// naming the key: a `block` queue that holds fewer events than
+    /// `pipeline.expected_batch_events` answers every full-size batch 413,
+    /// and the API server drops a batch after its retries.
+    pub fn warnings(&self) -> Vec<String> {
+        let batch = self.pipeline.expected_batch_events;
+        self.sinks
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.queue().when_full == WhenFull::Block)
+            .filter(|(_, s)| s.queue().capacity_events < batch)
+            .map(|(i, s)| {
+                format!(
+                    "sinks[{i}].queue.capacity_events: {} (sink {:?}) is below pipeline.expected_batch_events ({batch}): a batch of {batch} events would be refused with 413 too_many_events and dropped by the API server after its retries; raise capacity_events or lower the API server's --audit-webhook-batch-max-size",
+                    s.queue().capacity_events,
+                    s.name(),
+                )
+            })
+            .collect()
     }
 
     fn validate_buffer(&self) -> Result<(), (String, String)> {

@@ -13,11 +13,20 @@
 //!   LF or CRLF, blank lines allowed);
 //! - any of these after a UTF-8 byte order mark, compact or pretty-printed.
 //!
+//! As Go's decoder does (and so the API server, which produced the events):
+//! a `\u` escape of a lone surrogate is accepted and kept as written; invalid
+//! UTF-8 is replaced by U+FFFD, one per bad byte, in the body that
+//! [`decode_owned`] returns (the events it touched are counted in
+//! [`Decoded::repaired`]). An element of `items` (or of a top-level array)
+//! that is not an object is not an event: it is left out and counted in
+//! [`Decoded::not_objects`], its neighbours kept.
+//!
 //! Each event leaves as the item's own bytes with the whitespace between tokens
 //! removed: a slice of the body when the item is already compact (the API server
 //! always sends compact JSON), otherwise one copy into a buffer shared by the batch.
 
 mod event;
+mod repair;
 mod structure;
 mod truncate;
 mod walk;
@@ -59,9 +68,15 @@ pub enum DecodeError {
     /// The body holds nothing but whitespace.
     #[error("request body is empty")]
     Empty,
-    /// The body is not JSON (RFC 8259) in UTF-8.
+    /// The body is not JSON (RFC 8259).
     #[error("request body is not valid JSON: {} at byte {}", .0.what, .0.offset)]
     Json(JsonError),
+    /// The body is not UTF-8 ([`decode`] only; [`decode_owned`] repairs it).
+    #[error("request body is not valid UTF-8 at byte {offset}")]
+    InvalidUtf8 {
+        /// Offset of the first byte that is not UTF-8.
+        offset: usize,
+    },
     /// The body is JSON but neither an EventList nor an Event.
     #[error("request body is not an audit.k8s.io EventList or Event: {0}")]
     NotAnEventList(&'static str),
@@ -76,12 +91,22 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every [`reason`](Self::reason).
+    pub const REASONS: &[&str] = &[
+        "empty_body",
+        "invalid_json",
+        "invalid_utf8",
+        "not_an_event_list",
+        "too_many_events",
+    ];
+
     /// Bounded metric label: `empty_body`, `invalid_json`, `not_an_event_list` or
     /// `too_many_events`.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Empty => "empty_body",
             Self::Json(_) => "invalid_json",
+            Self::InvalidUtf8 { .. } => "invalid_utf8",
             Self::NotAnEventList(_) => "not_an_event_list",
             Self::TooManyEvents { .. } => "too_many_events",
         }
@@ -107,6 +132,11 @@ pub struct Decoded {
     pub truncated: usize,
     /// Events left out for `max_event_bytes`.
     pub dropped: Vec<DroppedEvent>,
+    /// Elements of `items` (or of a top-level array) left out because they
+    /// are not objects, so not events.
+    pub not_objects: usize,
+    /// Events in which invalid UTF-8 was replaced by U+FFFD.
+    pub repaired: usize,
 }
 
 /// Where an event's bytes are, before the shared buffer is frozen.
@@ -121,6 +151,10 @@ struct Builder<'o> {
     owned: Vec<u8>,
     truncated: usize,
     dropped: Vec<DroppedEvent>,
+    not_objects: usize,
+    /// Offsets of the U+FFFD put in place of invalid UTF-8 (ascending).
+    repairs: &'o [usize],
+    repaired: usize,
 }
 
 /// Splits `body` into events. The body is copied once into a buffer that
@@ -132,12 +166,18 @@ struct Builder<'o> {
 /// holds more than `opts.max_events` events. Nothing is returned for a refused
 /// body: a request is accepted whole or not at all.
 pub fn decode(body: &Bytes, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
-    decode_copied(body, first_token(body)?, opts)
+    decode_copied(body, first_token(body)?, opts, &[])
 }
 
-/// [`decode`] of a body whose text starts at `start`.
-fn decode_copied(body: &Bytes, start: usize, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
-    structure::with_index(&body[start..], start, |ix| split(body, ix, opts))
+/// [`decode`] of a body whose text starts at `start`; `repairs` as in
+/// [`Builder`].
+fn decode_copied(
+    body: &Bytes,
+    start: usize,
+    opts: &DecodeOptions,
+    repairs: &[usize],
+) -> Result<Decoded, DecodeError> {
+    structure::with_index(&body[start..], start, |ix| split(body, ix, opts, repairs))
 }
 
 /// Space to leave free after a body in its buffer so that [`decode_owned`]
@@ -148,12 +188,31 @@ pub const BODY_PADDING: usize = structure::PADDING;
 /// reference to its buffer (as a body just read from a socket or gunzipped
 /// is), the body is validated where it lies, without a copy, using
 /// [`BODY_PADDING`] bytes of spare capacity (the buffer is grown if it has
-/// none). Returns the body (the events are slices of it) with the result.
+/// none). A body that is not UTF-8 is repaired first, each invalid byte
+/// replaced by U+FFFD as Go's decoder does, in a copy. Returns the body
+/// (the events are slices of it, the routing fields spans of it) with the
+/// result.
 ///
 /// # Errors
 ///
-/// As [`decode`].
+/// As [`decode`], but never [`DecodeError::InvalidUtf8`].
 pub fn decode_owned(body: Bytes, opts: &DecodeOptions) -> (Bytes, Result<Decoded, DecodeError>) {
+    let (body, result) = decode_owned_with(body, opts, &[]);
+    if !matches!(result, Err(DecodeError::InvalidUtf8 { .. })) {
+        return (body, result);
+    }
+    match repair::repair(&body, BODY_PADDING) {
+        Some((fixed, at)) => decode_owned_with(fixed.freeze(), opts, &at),
+        None => (body, result),
+    }
+}
+
+/// [`decode_owned`] without the repair; `repairs` as in [`Builder`].
+fn decode_owned_with(
+    body: Bytes,
+    opts: &DecodeOptions,
+    repairs: &[usize],
+) -> (Bytes, Result<Decoded, DecodeError>) {
     let start = match first_token(&body) {
         Ok(start) => start,
         Err(e) => return (body, Err(e)),
@@ -161,13 +220,15 @@ pub fn decode_owned(body: Bytes, opts: &DecodeOptions) -> (Bytes, Result<Decoded
     // A text that opens with a scalar goes through simd-json's stage 2, which
     // unescapes in place: that one is validated in a copy.
     if !matches!(body[start], b'{' | b'[') {
-        let result = decode_copied(&body, start, opts);
+        let result = decode_copied(&body, start, opts, repairs);
         return (body, result);
     }
     match body.try_into_mut() {
-        Ok(buf) => structure::with_index_in_place(buf, start, |body, ix| split(body, ix, opts)),
+        Ok(buf) => {
+            structure::with_index_in_place(buf, start, |body, ix| split(body, ix, opts, repairs))
+        }
         Err(body) => {
-            let result = decode_copied(&body, start, opts);
+            let result = decode_copied(&body, start, opts, repairs);
             (body, result)
         }
     }
@@ -196,14 +257,21 @@ fn split(
     body: &Bytes,
     ix: Result<structure::Index<'_>, JsonError>,
     opts: &DecodeOptions,
+    repairs: &[usize],
 ) -> Result<Decoded, DecodeError> {
-    let ix = ix.map_err(DecodeError::Json)?;
+    let ix = ix.map_err(|e| match e.what {
+        structure::INVALID_UTF8 => DecodeError::InvalidUtf8 { offset: e.offset },
+        _ => DecodeError::Json(e),
+    })?;
     let mut b = Builder {
         opts,
         places: Vec::new(),
         owned: Vec::new(),
         truncated: 0,
         dropped: Vec::new(),
+        not_objects: 0,
+        repairs,
+        repaired: 0,
     };
     let w = Walk::new(body, &ix);
     let mut root = 0;
@@ -259,15 +327,26 @@ impl Builder<'_> {
         }
     }
 
+    /// Takes the objects of the array at token `array` as events; other
+    /// elements are counted and left out.
     fn items(&mut self, w: &Walk<'_>, array: usize) -> Result<(), DecodeError> {
         let max = self.opts.max_events;
-        let count = self.places.len() + w.elements(array).take(max.saturating_add(1)).count();
+        let objects = w
+            .elements(array)
+            .filter(|&(tok, _)| w.byte(tok) == b'{')
+            .take(max.saturating_add(1))
+            .count();
+        let count = self.places.len() + objects;
         if count > max {
             return Err(DecodeError::TooManyEvents { count, max });
         }
-        self.places.reserve(count - self.places.len());
+        self.places.reserve(objects);
         for (tok, next) in w.elements(array) {
-            self.event(w, tok, next)?;
+            if w.byte(tok) == b'{' {
+                self.event(w, tok, next)?;
+            } else {
+                self.not_objects += 1;
+            }
         }
         Ok(())
     }
@@ -280,6 +359,9 @@ impl Builder<'_> {
             });
         }
         let range = w.value_range(tok, next);
+        if repair::count_in(self.repairs, range.clone()) > 0 {
+            self.repaired += 1;
+        }
         let meta = read_meta(w, tok);
         let place = if w.has_whitespace(tok, next) {
             let from = self.owned.len();
@@ -331,6 +413,8 @@ impl Builder<'_> {
             events,
             truncated: self.truncated,
             dropped: self.dropped,
+            not_objects: self.not_objects,
+            repaired: self.repaired,
         }
     }
 }

@@ -12,8 +12,9 @@
 //! limit of 0) and one pass over the structural offsets here checks the rest of
 //! RFC 8259: the grammar (§2–5), the literals (§3), the number syntax (§6; the
 //! range is left to implementations, so `1e400` is accepted as Go's
-//! `json.RawMessage` accepts it), and the string escapes (§7, surrogates
-//! paired). The same pass matches every bracket, so that skipping a value
+//! `json.RawMessage` accepts it), and the string escapes (§7; a `\u` escape
+//! of a lone surrogate is valid grammar, and Go's decoder accepts it, so it
+//! is accepted and kept as written). The same pass matches every bracket, so that skipping a value
 //! later costs one lookup, and notes where each JSON text of a JSON-lines body
 //! ends.
 
@@ -173,7 +174,10 @@ impl Work {
         self.tape = Some(tape.reset());
         let text = &padded[..len];
         if !stage1_ok {
-            let what = stage1_error.unwrap_or("invalid JSON syntax");
+            let what = match std::str::from_utf8(text) {
+                Err(_) => INVALID_UTF8,
+                Ok(_) => stage1_error.unwrap_or("invalid JSON syntax"),
+            };
             return Err(fail(locate(text).unwrap_or(len), what));
         }
         let idx = buffers.structural_indexes();
@@ -207,6 +211,8 @@ enum State {
 }
 
 const SYNTAX: &str = "invalid JSON syntax";
+/// [`JsonError::what`] of a text that is not UTF-8.
+pub(crate) const INVALID_UTF8: &str = "invalid UTF-8";
 const END: &str = "unexpected end of input";
 
 /// Checks the tokens `idx` of `text` (already through simd-json's stage 1)
@@ -456,25 +462,12 @@ pub(crate) fn trim_end(text: &[u8], start: usize, mut end: usize) -> usize {
 
 /// Length of the escape sequence at `at` (a backslash) in a string whose
 /// closing quote is at `close`, or `None` if it is not a valid escape: one of
-/// `\" \\ \/ \b \f \n \r \t`, or `\uXXXX` that is not half of a surrogate pair,
-/// or a high surrogate escape followed by a low one.
+/// `\" \\ \/ \b \f \n \r \t`, or `\uXXXX` (a surrogate too, paired or not, as
+/// RFC 8259 §7 and Go's decoder allow).
 fn escape_len(text: &[u8], at: usize, close: usize) -> Option<usize> {
     match text.get(at + 1)? {
         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(2),
-        b'u' => {
-            let unit = hex4(text, at + 2, close)?;
-            match unit {
-                0xD800..=0xDBFF => {
-                    if text.get(at + 6..at + 8)? != b"\\u" {
-                        return None;
-                    }
-                    let low = hex4(text, at + 8, close)?;
-                    (0xDC00..=0xDFFF).contains(&low).then_some(12)
-                }
-                0xDC00..=0xDFFF => None,
-                _ => Some(6),
-            }
-        }
+        b'u' => hex4(text, at + 2, close).map(|_| 6),
         _ => None,
     }
 }
@@ -549,7 +542,7 @@ fn describe(kind: &ErrorType) -> &'static str {
     use simd_json::ErrorType as E;
     match kind {
         E::Eof => "unexpected end of input",
-        E::InvalidUtf8 => "invalid UTF-8",
+        E::InvalidUtf8 => INVALID_UTF8,
         E::InvalidEscape | E::InvalidUnicodeEscape | E::InvalidUnicodeCodepoint => {
             "invalid string escape"
         }
@@ -587,6 +580,7 @@ mod tests {
             r#"[ "a\"b\\", -1.5e3 , {"k" : "v"} ]"#,
             r#"  "just a string"  "#,
             r#"["\u00e9\ud83d\ude00\/\b\f\n\r\t", 0, -0.0e-0, 1E+9, 10]"#,
+            r#"["\ud800", "\udc00", "\ud800\u0041", "\udbff\udbff", "x\ude00"]"#,
             "[[],{},[{}],\"\"]",
         ] {
             assert!(offsets(ok).is_ok(), "{ok}");
@@ -645,9 +639,6 @@ mod tests {
             ("[\"\\x\"]", "invalid string escape"),
             ("[\"\\u12\"]", "invalid string escape"),
             ("[\"\\u12g4\"]", "invalid string escape"),
-            ("[\"\\ud800\"]", "invalid string escape"),
-            ("[\"\\udc00\"]", "invalid string escape"),
-            ("[\"\\ud800\\u0041\"]", "invalid string escape"),
             ("[\"x\"\"y\"]", "invalid JSON syntax"),
             ("[\"x\"y]", "invalid JSON syntax"),
             ("[1]]", "invalid JSON syntax"),

@@ -32,8 +32,8 @@ fn compact_items_are_slices_of_the_body() {
 
 #[test]
 fn pretty_items_lose_only_whitespace_between_tokens() {
-    let body = "\u{feff}{\n  \"items\" : [\n    { \"k\" : \"a b\\n\\u0026\" ,\n \"n\": 1.50E+3 },\t[ ]\r\n ]\n}\n";
-    assert_eq!(lines(body), [r#"{"k":"a b\n\u0026","n":1.50E+3}"#, "[]"]);
+    let body = "\u{feff}{\n  \"items\" : [\n    { \"k\" : \"a b\\n\\u0026\" ,\n \"n\": 1.50E+3 },\t{ }\r\n ]\n}\n";
+    assert_eq!(lines(body), [r#"{"k":"a b\n\u0026","n":1.50E+3}"#, "{}"]);
 }
 
 #[test]
@@ -78,7 +78,69 @@ fn single_event_and_top_level_array() {
         lines(r#" {"level":"Metadata","auditID":"a"} "#),
         [r#"{"level":"Metadata","auditID":"a"}"#]
     );
-    assert_eq!(lines(r#"[{"a":1},2]"#), [r#"{"a":1}"#, "2"]);
+    assert_eq!(lines(r#"[{"a":1},{"b":2}]"#), [r#"{"a":1}"#, r#"{"b":2}"#]);
+}
+#[test]
+fn items_that_are_not_objects_are_dropped_and_counted_keeping_their_neighbours() {
+    let d =
+        run(r#"{"items":[1,{"auditID":"a"},"x",null,[{"auditID":"b"}],{"auditID":"c"}]}"#).unwrap();
+    let out: Vec<&[u8]> = d.events.iter().map(|e| &e.raw[..]).collect();
+    assert_eq!(out, [&br#"{"auditID":"a"}"#[..], br#"{"auditID":"c"}"#]);
+    assert_eq!(d.not_objects, 4);
+    let d = run("[1,2,3]").unwrap();
+    assert!(d.events.is_empty());
+    assert_eq!(d.not_objects, 3);
+}
+
+#[test]
+fn lone_surrogate_escapes_are_accepted_and_kept_as_received() {
+    let body = r#"{"items":[{"auditID":"a","s":"\ud800"},{"auditID":"b","s":"x\udc00y"},{"auditID":"c","s":"\ud83d\ude00"}]}"#;
+    assert_eq!(
+        lines(body),
+        [
+            r#"{"auditID":"a","s":"\ud800"}"#,
+            r#"{"auditID":"b","s":"x\udc00y"}"#,
+            r#"{"auditID":"c","s":"\ud83d\ude00"}"#
+        ]
+    );
+}
+
+#[test]
+fn invalid_utf8_costs_only_its_own_event_which_gets_u_fffd_as_in_go() {
+    let body = [
+        br#"{"items":[{"auditID":"a"},{"auditID":"b","s":"x"#.as_slice(),
+        b"\xff\xe2\x82",
+        br#"y"},{"auditID":"c"}]}"#,
+    ]
+    .concat();
+    let opts = DecodeOptions::default();
+    assert_eq!(
+        decode(&Bytes::from(body.clone()), &opts)
+            .unwrap_err()
+            .reason(),
+        "invalid_utf8"
+    );
+    let (fixed, d) = decode_owned(Bytes::from(body), &opts);
+    let d = d.unwrap();
+    let out: Vec<String> = d
+        .events
+        .iter()
+        .map(|e| String::from_utf8(e.raw.to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        out,
+        [
+            r#"{"auditID":"a"}"#,
+            "{\"auditID\":\"b\",\"s\":\"x\u{FFFD}\u{FFFD}\u{FFFD}y\"}",
+            r#"{"auditID":"c"}"#
+        ]
+    );
+    assert_eq!(d.repaired, 1);
+    assert!(std::str::from_utf8(&fixed).is_ok());
+    assert_eq!(d.events[2].meta.audit_id.unwrap().get(&fixed), b"c");
+    // Outside a string it is still not JSON.
+    let (_, r) = decode_owned(Bytes::from_static(b"[{\"a\":1}\xff]"), &opts);
+    assert_eq!(r.unwrap_err().reason(), "invalid_json");
 }
 
 #[test]
@@ -111,8 +173,9 @@ fn refusals_name_their_reason() {
         max_events: 2,
         ..DecodeOptions::default()
     };
-    let err = decode(&Bytes::from_static(b"[1,2,3]"), &opts).unwrap_err();
+    let err = decode(&Bytes::from_static(b"[{},{},1,{}]"), &opts).unwrap_err();
     assert_eq!(err, DecodeError::TooManyEvents { count: 3, max: 2 });
+    assert!(decode(&Bytes::from_static(b"[{},1,2,{}]"), &opts).is_ok());
 }
 
 #[test]
@@ -212,8 +275,10 @@ proptest! {
         let list = serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": items});
         let body = if pretty { serde_json::to_vec_pretty(&list) } else { serde_json::to_vec(&list) }.unwrap();
         let d = decode(&Bytes::from(body), &DecodeOptions::default()).unwrap();
-        prop_assert_eq!(d.events.len(), items.len());
-        for (event, item) in d.events.iter().zip(&items) {
+        let objects: Vec<&Value> = items.iter().filter(|v| v.is_object()).collect();
+        prop_assert_eq!(d.events.len(), objects.len());
+        prop_assert_eq!(d.not_objects, items.len() - objects.len());
+        for (event, item) in d.events.iter().zip(objects) {
             prop_assert!(!event.raw.contains(&b'\n'));
             let back: Value = serde_json::from_slice(&event.raw).unwrap();
             prop_assert_eq!(&back, item);
@@ -259,7 +324,7 @@ fn json_errors_point_at_the_fault() {
     let bad_utf8 = [b"[\"ok\",\"".as_slice(), &[0xff], b"\"]"].concat();
     let err = decode(&Bytes::from(bad_utf8), &DecodeOptions::default()).unwrap_err();
     assert!(
-        matches!(err, DecodeError::Json(JsonError { offset: 6..=8, .. })),
+        matches!(err, DecodeError::InvalidUtf8 { offset: 6..=8 }),
         "{err:?}"
     );
 }

@@ -1,5 +1,9 @@
 //! Prometheus metrics: one [`Metrics`] registered into an explicit
 //! [`prometheus::Registry`], recorded per request and per batch, never per event.
+//! Every labelled counter is created at 0 for the label values known when
+//! its component is built, so that `increase()` sees the first event; the
+//! standard `process_*` series (memory, CPU, open file descriptors, start
+//! time) come from the prometheus crate's process collector on Linux.
 
 pub mod buffer;
 pub mod names;
@@ -34,6 +38,7 @@ pub struct Metrics {
     /// Events truncated for `decode.max_event_bytes`.
     pub events_truncated: IntCounter,
     dropped: IntCounterVec,
+    repaired: IntCounterVec,
     sent_events: IntCounterVec,
     sent_bytes: IntCounterVec,
     errors: IntCounterVec,
@@ -72,6 +77,22 @@ pub struct SinkMetrics {
 }
 
 impl SinkMetrics {
+    /// Creates `audit_forwarder_error_total{sink, reason}` for each of
+    /// `errors` and `audit_forwarder_connection_errors_total{sink, reason}`
+    /// for each of `connection_errors`, at 0.
+    pub fn known_reasons(&self, errors: &[&str], connection_errors: &[&str]) {
+        for reason in errors {
+            self.metrics
+                .errors
+                .with_label_values(&[self.sink.as_str(), reason]);
+        }
+        for reason in connection_errors {
+            self.metrics
+                .connection_errors
+                .with_label_values(&[self.sink.as_str(), reason]);
+        }
+    }
+
     /// Counts `events` under `audit_forwarder_error_total{sink, reason}`.
     pub fn error(&self, reason: &str, events: u64) {
         self.metrics
@@ -185,6 +206,11 @@ impl Metrics {
                 "Events discarded after acceptance, by sink and reason.",
                 &["sink", "reason"],
             ),
+            repaired: counter(
+                EVENTS_REPAIRED_TOTAL,
+                "Accepted events changed to be forwarded, by reason.",
+                &["reason"],
+            ),
             sent_events: counter(EVENTS_SENT_TOTAL, "Events delivered, by sink.", &["sink"]),
             sent_bytes: counter(BYTES_SENT_TOTAL, "Bytes delivered, by sink.", &["sink"]),
             errors: counter(
@@ -253,7 +279,43 @@ impl Metrics {
             .register(Box::new(info.clone()))
             .expect("unique gauge");
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique process metrics");
         m
+    }
+
+    /// Creates, at 0, `requests_total{code}` for each of `codes`,
+    /// `requests_rejected_total{reason}` for each of `rejections`,
+    /// `decode_errors_total{reason}` for each of `decode_errors`,
+    /// `events_dropped_total{sink="all", reason}` for each of `dropped`, and
+    /// `events_repaired_total{reason}` for each of `repaired`.
+    pub fn known_request_labels(
+        &self,
+        codes: &[u16],
+        rejections: &[&str],
+        decode_errors: &[&str],
+        dropped: &[&str],
+        repaired: &[&str],
+    ) {
+        for reason in repaired {
+            self.repaired.with_label_values(&[reason]);
+        }
+        for code in codes {
+            self.requests.with_label_values(&[&code.to_string()]);
+        }
+        for reason in rejections.iter().chain(decode_errors) {
+            self.rejected.with_label_values(&[reason]);
+        }
+        for reason in decode_errors {
+            self.decode_errors.with_label_values(&[reason]);
+        }
+        for reason in dropped {
+            self.dropped.with_label_values(&["all", reason]);
+        }
     }
 
     /// Records one answered request: its status code and duration in seconds, and
@@ -278,6 +340,11 @@ impl Metrics {
     /// Counts one body refused by the decoder.
     pub fn decode_error(&self, reason: &str) {
         self.decode_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts accepted events that were changed to be forwarded.
+    pub fn events_repaired(&self, reason: &str, events: u64) {
+        self.repaired.with_label_values(&[reason]).inc_by(events);
     }
 
     /// Counts events dropped before the fan-out.

@@ -16,6 +16,10 @@ pub const BYTES_RECEIVED_TOTAL: &str = "audit_forwarder_bytes_received_total";
 pub const DECODE_ERRORS_TOTAL: &str = "audit_forwarder_decode_errors_total";
 /// Counter: events truncated for `decode.max_event_bytes`.
 pub const EVENTS_TRUNCATED_TOTAL: &str = "audit_forwarder_events_truncated_total";
+/// Counter `{reason}`: accepted events that were changed to be forwarded:
+/// `invalid_utf8` (bytes that are not UTF-8 replaced by U+FFFD, as Go's
+/// decoder does).
+pub const EVENTS_REPAIRED_TOTAL: &str = "audit_forwarder_events_repaired_total";
 /// Counter `{sink, reason}`: events discarded after acceptance. `sink="all"` for
 /// drops before the fan-out (`event_too_large`).
 pub const EVENTS_DROPPED_TOTAL: &str = "audit_forwarder_events_dropped_total";

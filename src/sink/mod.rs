@@ -40,6 +40,30 @@ impl Sink {
         }
     }
 
+    /// The `reason`s this sink counts in `audit_forwarder_error_total` and in
+    /// `audit_forwarder_connection_errors_total`, so that they can be
+    /// exported at 0 from the start.
+    pub fn reasons(&self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            Self::Stdout(_) => (&["write"], &[]),
+            Self::Http(_) => (
+                &[
+                    "connect",
+                    "timeout",
+                    "connection",
+                    "unauthorized",
+                    "http_4xx",
+                    "http_5xx",
+                ],
+                &["connect", "timeout", "connection"],
+            ),
+            Self::Tcp(_) => (
+                &["connect", "timeout", "connection"],
+                &["connect", "timeout", "closed", "broken"],
+            ),
+        }
+    }
+
     /// Delivers every batch of `input` until the queue is closed and drained.
     pub async fn run(self, input: QueueReader) {
         match self {

@@ -124,6 +124,8 @@ impl TcpSink {
         let metrics = input.metrics().clone();
         let mut resend: VecDeque<Delivery> = VecDeque::new();
         let mut failures = 0u32;
+        // Events already counted in `error_total` for the outage under way.
+        let mut counted = 0usize;
         loop {
             if resend.is_empty() && input.is_closed_and_empty() {
                 return;
@@ -138,9 +140,12 @@ impl TcpSink {
                     metrics.connection_error(reason);
                     if failures == 0 {
                         tracing::warn!(sink = %self.name, endpoint = %self.endpoint, error = %e, "cannot connect; retrying");
-                        // Once an outage: the events waiting for the connection.
-                        let waiting: usize = resend.iter().map(|d| d.batch.events.len()).sum();
-                        metrics.error(reason, (waiting + input.depth_events()) as u64);
+                        // Once an outage: the events waiting for the connection
+                        // (the queue's depth includes those to re-send), less
+                        // those counted when the last connection was lost.
+                        let waiting = input.depth_events().saturating_sub(counted);
+                        metrics.error(reason, waiting as u64);
+                        counted += waiting;
                     }
                     failures += 1;
                     tokio::time::sleep(self.backoff.next_delay()).await;
@@ -173,6 +178,7 @@ impl TcpSink {
             }
             metrics.error("connection", again);
             metrics.retries.inc_by(again);
+            counted = again as usize;
             while let Some(w) = unconfirmed.pop_back() {
                 resend.push_front(w.delivery);
             }

@@ -72,9 +72,10 @@ impl TokenFile {
     }
 
     /// Whether `Authorization` carries the token (compared in constant time).
+    /// The scheme is matched without regard to case (RFC 9110 §11.1).
     fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
         let Some(presented) = authorization
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .and_then(|v| bearer_credentials(v.as_bytes()))
             .map(<[u8]>::trim_ascii)
         else {
             return false;
@@ -87,6 +88,14 @@ impl TokenFile {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
     }
+}
+
+/// The credentials after the `Bearer` scheme, in any case, and the spaces
+/// that follow it (RFC 6750 §2.1).
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    let rest = rest.strip_prefix(b" ")?;
+    scheme.eq_ignore_ascii_case(b"bearer").then_some(rest)
 }
 
 fn read_token(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

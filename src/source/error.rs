@@ -90,6 +90,26 @@ impl RequestError {
         }
     }
 
+    /// Every status code an answer can have, 200 included.
+    pub const STATUSES: &[u16] = &[200, 400, 401, 404, 405, 408, 413, 415, 503];
+
+    /// Every [`reason`](Self::reason) but the decoder's
+    /// ([`DecodeError::REASONS`]).
+    pub const REASONS: &[&str] = &[
+        "shutting_down",
+        "queue_full",
+        "unauthenticated",
+        "method_not_allowed",
+        "not_found",
+        "unsupported_encoding",
+        "unsupported_media_type",
+        "body_too_large",
+        "body_timeout",
+        "body_read",
+        "invalid_gzip",
+        "batch_too_large",
+    ];
+
     /// Bounded label for `audit_forwarder_requests_rejected_total{reason}`.
     pub fn reason(&self) -> &'static str {
         match self {

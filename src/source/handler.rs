@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::body;
 use super::error::{RequestError, json_response};
 use crate::config::HttpSourceConfig;
-use crate::decode::{DecodeOptions, Decoded};
+use crate::decode::{DecodeError, DecodeOptions, Decoded};
 use crate::metrics::Metrics;
 use crate::pipeline::{Batch, Origin, Pipeline};
 use crate::ratelimit::RateLimit;
@@ -91,6 +91,13 @@ impl Handler {
         metrics: Metrics,
         draining: CancellationToken,
     ) -> Self {
+        metrics.known_request_labels(
+            RequestError::STATUSES,
+            RequestError::REASONS,
+            DecodeError::REASONS,
+            &["event_too_large", "not_an_object"],
+            &["invalid_utf8"],
+        );
         Self {
             paths: cfg.paths.iter().map(|p| normalize(p).to_owned()).collect(),
             max_body_bytes: cfg.max_body_bytes,
@@ -190,6 +197,7 @@ impl Handler {
         let dropped = decoded.dropped.len() as u64;
         let dropped_ids = dropped_ids(&body, &decoded);
         let truncated = decoded.truncated as u64;
+        let (not_objects, repaired) = (decoded.not_objects as u64, decoded.repaired as u64);
         let events = decoded.events.len();
         let origin = Origin {
             path_and_query,
@@ -203,10 +211,27 @@ impl Handler {
         for (id, bytes) in dropped_ids {
             tracing::warn!(audit_id = %id, bytes, "dropping event over decode.max_event_bytes even after truncation");
         }
+        if not_objects > 0 {
+            tracing::warn!(
+                items = not_objects,
+                "dropping items that are not objects, so not audit events"
+            );
+        }
+        if repaired > 0 {
+            tracing::warn!(
+                events = repaired,
+                "replaced invalid UTF-8 with U+FFFD in events, as the API server's decoder does"
+            );
+        }
         self.metrics
             .dropped_before_fanout("event_too_large", dropped);
+        self.metrics
+            .dropped_before_fanout("not_an_object", not_objects);
+        self.metrics.events_repaired("invalid_utf8", repaired);
         self.metrics.events_truncated.inc_by(truncated);
-        self.metrics.events_received.inc_by(events as u64 + dropped);
+        self.metrics
+            .events_received
+            .inc_by(events as u64 + dropped + not_objects);
         self.metrics.bytes_received.inc_by(wire.len() as u64);
         Ok(events)
     }

@@ -17,6 +17,8 @@ struct Process {
     addr: SocketAddr,
     metrics_addr: SocketAddr,
     stderr: mpsc::Receiver<String>,
+    /// stderr up to the listeners' addresses.
+    early_logs: Vec<String>,
 }
 
 impl Process {
@@ -43,8 +45,10 @@ impl Process {
             }
         });
         let mut addrs = Vec::new();
+        let mut early_logs = Vec::new();
         while addrs.len() < 2 {
             let line = rx.recv_timeout(PATIENCE).expect("listener address logged");
+            early_logs.push(line.clone());
             if let Some(addr) = line
                 .split("address=")
                 .nth(1)
@@ -58,6 +62,7 @@ impl Process {
             addr: addrs[0],
             metrics_addr: addrs[1],
             stderr: rx,
+            early_logs,
         }
     }
 
@@ -377,4 +382,82 @@ fn a_start_error_says_its_cause_once() {
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
     assert_eq!(msg.matches("No such file or directory").count(), 1, "{msg}");
+}
+
+/// A config whose stdout queue holds 300 events, below the API server's
+/// default batch of 400.
+fn queue_of_300() -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        "sinks:\n  - type: stdout\n    queue:\n      capacity_events: 300\n",
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn a_block_queue_smaller_than_a_batch_is_warned_about_by_check_config() {
+    let cfg = queue_of_300();
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .arg(cfg.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("warning: sinks[0].queue.capacity_events: 300")
+            && msg.contains("expected_batch_events (400)")
+            && msg.contains("413"),
+        "{msg}"
+    );
+    let quiet = Command::new(BIN)
+        .args(["check-config"])
+        .arg(cfg.path())
+        .env("AUDIT_FORWARDER__PIPELINE__EXPECTED_BATCH_EVENTS", "300")
+        .output()
+        .unwrap();
+    assert!(quiet.status.success(), "{quiet:?}");
+    assert_eq!(String::from_utf8_lossy(&quiet.stderr), "");
+}
+
+#[test]
+fn a_block_queue_smaller_than_a_batch_is_warned_about_at_start() {
+    let cfg = queue_of_300();
+    let p = Process::start(&["--config", cfg.path().to_str().unwrap()]);
+    let warned = p
+        .early_logs
+        .iter()
+        .any(|l| l.contains("WARN") && l.contains("sinks[0].queue.capacity_events: 300"));
+    assert!(warned, "{:#?}", p.early_logs);
+    p.signal("KILL");
+    p.finish();
+}
+
+#[test]
+fn check_config_takes_its_file_from_config_as_well() {
+    let cfg = queue_of_300();
+    let path = cfg.path().to_str().unwrap();
+    for args in [
+        ["--config", path, "check-config"],
+        ["check-config", "--config", path],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(": ok"),
+            "{out:?}"
+        );
+    }
+    let none = Command::new(BIN)
+        .args(["check-config"])
+        .env_remove("AUDIT_FORWARDER_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("--config FILE"),
+        "{none:?}"
+    );
 }

@@ -305,6 +305,11 @@ impl Metrics {
         self.0.get(series).copied().unwrap_or(0.0)
     }
 
+    /// The value of one series, `None` when it is not exported.
+    pub fn value(&self, series: &str) -> Option<f64> {
+        self.0.get(series).copied()
+    }
+
     /// Whether a series of this name exists.
     pub fn has(&self, name: &str) -> bool {
         self.0

@@ -447,3 +447,136 @@ async fn refused_requests_move_no_event_counter() {
     assert_eq!(m.get("audit_forwarder_events_received_total"), 5.0);
     fwd.stop().await;
 }
+
+/// One keep-alive POST of `body` on `conn`, as Go's HTTP client sends it.
+async fn keep_alive_post(conn: &mut tokio::net::TcpStream, body: &str) -> Response {
+    use tokio::io::AsyncWriteExt;
+    let raw = format!(
+        "POST /post HTTP/1.1\r\nHost: forwarder.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(raw.as_bytes()).await.unwrap();
+    tokio::time::timeout(PATIENCE, read_response(conn))
+        .await
+        .expect("response in time")
+}
+
+#[tokio::test]
+async fn idle_keep_alive_outlasts_the_header_timeout_while_a_dawdling_head_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = config();
+    cfg.source.http.header_read_timeout_secs = 1;
+    cfg.source.http.idle_timeout_secs = 60;
+    let fwd = Forwarder::start(cfg).await;
+
+    // Idle three times the header timeout between two requests: kept.
+    let mut conn = tokio::net::TcpStream::connect(fwd.addr).await.unwrap();
+    assert_eq!(keep_alive_post(&mut conn, &list(1..2)).await.status, 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(keep_alive_post(&mut conn, &list(2..3)).await.status, 200);
+    assert_eq!(
+        audit_ids(&fwd.out.wait_lines(2).await),
+        [case_id(1), case_id(2)]
+    );
+
+    // The next head begins and stalls: cut long before the idle timeout.
+    conn.write_all(b"POST /post HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the server closed the connection");
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    fwd.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_keep_alive_lasts_past_go_clients_90_s_at_the_defaults() {
+    use tokio::io::AsyncReadExt;
+    let fwd = Forwarder::start(config()).await;
+    let mut conn = tokio::net::TcpStream::connect(fwd.addr).await.unwrap();
+    assert_eq!(keep_alive_post(&mut conn, &list(1..2)).await.status, 200);
+    // Paused time: the clock jumps over the wait, the timers see 95 s.
+    tokio::time::sleep(Duration::from_secs(95)).await;
+    assert_eq!(keep_alive_post(&mut conn, &list(2..3)).await.status, 200);
+    assert_eq!(
+        audit_ids(&fwd.out.wait_lines(2).await),
+        [case_id(1), case_id(2)]
+    );
+    // Past idle_timeout_secs (120) it is closed, without an answer.
+    tokio::time::sleep(Duration::from_secs(121)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut got)).await;
+    assert!(read.is_ok() && got.is_empty(), "{read:?} {got:?}");
+    fwd.stop().await;
+}
+
+#[tokio::test]
+async fn a_lone_surrogate_escape_costs_no_event_and_is_kept_as_received() {
+    let fwd = Forwarder::start(config()).await;
+    let odd = format!(r#"{{"auditID":"{}","s":"\ud800 and \udc00"}}"#, case_id(2));
+    let body = event_list_of(&[
+        format!(r#"{{"auditID":"{}"}}"#, case_id(1)),
+        odd.clone(),
+        format!(r#"{{"auditID":"{}"}}"#, case_id(3)),
+    ]);
+    assert_eq!(fwd.post(body.as_bytes()).await.status, 200);
+    let lines = fwd.out.wait_lines(3).await;
+    assert_eq!(lines[1], odd, "the escapes as received");
+    assert_eq!(
+        [&lines[0], &lines[2]].map(|l| json(l)["auditID"].clone()),
+        [case_id(1), case_id(3)].map(serde_json::Value::from)
+    );
+    fwd.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_one_event_costs_no_neighbour_and_is_counted() {
+    let fwd = Forwarder::start(config()).await;
+    let body = [
+        format!(r#"{{"items":[{{"auditID":"{}","s":"a"#, case_id(1)).into_bytes(),
+        b"\xff\xc3".to_vec(),
+        format!(r#"b"}},{{"auditID":"{}"}}]}}"#, case_id(2)).into_bytes(),
+    ]
+    .concat();
+    assert_eq!(fwd.post(&body).await.status, 200);
+    let lines = fwd.out.wait_lines(2).await;
+    assert_eq!(
+        json(&lines[0])["s"],
+        "a\u{FFFD}\u{FFFD}b",
+        "as Go decodes it"
+    );
+    assert_eq!(audit_ids(&lines), [case_id(1), case_id(2)]);
+    let m = fwd.metrics().await;
+    assert_eq!(
+        m.get(r#"audit_forwarder_events_repaired_total{reason="invalid_utf8"}"#),
+        1.0
+    );
+    assert_eq!(m.get("audit_forwarder_events_received_total"), 2.0);
+    fwd.stop().await;
+}
+
+#[tokio::test]
+async fn items_that_are_not_objects_are_not_written_as_lines_but_dropped_and_counted() {
+    let fwd = Forwarder::start(config()).await;
+    let body = format!(
+        r#"{{"kind":"EventList","items":[1,"x",null,{{"auditID":"{}"}},[2]]}}"#,
+        case_id(1)
+    );
+    assert_eq!(fwd.post(body.as_bytes()).await.status, 200);
+    assert_eq!(fwd.post(b"[1,2,3]").await.status, 200);
+    let body = format!(r#"[{{"auditID":"{}"}}]"#, case_id(2));
+    assert_eq!(fwd.post(body.as_bytes()).await.status, 200);
+    assert_eq!(
+        audit_ids(&fwd.out.wait_lines(2).await),
+        [case_id(1), case_id(2)]
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fwd.out.lines().len(), 2, "{:?}", fwd.out.lines());
+    let m = fwd.metrics().await;
+    assert_eq!(
+        m.get(r#"audit_forwarder_events_dropped_total{reason="not_an_object",sink="all"}"#),
+        7.0
+    );
+    fwd.stop().await;
+}

@@ -231,3 +231,44 @@ async fn the_name_check_refuses_a_misspelt_or_suffixed_name() {
         ]
     );
 }
+
+#[tokio::test]
+async fn process_series_and_every_known_label_are_there_before_any_traffic() {
+    let mut cfg = config();
+    cfg.sinks
+        .push(kube_audit_forwarder::config::SinkConfig::Tcp(
+            kube_audit_forwarder::config::TcpSinkConfig {
+                endpoint: "127.0.0.1:9".into(),
+                ..Default::default()
+            },
+        ));
+    let fwd = Forwarder::start(cfg).await;
+    let m = fwd.metrics().await;
+    for series in [
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(m.get(series) > 0.0, "{series}");
+    }
+    assert!(m.value("process_cpu_seconds_total").is_some());
+    for series in [
+        r#"audit_forwarder_requests_total{code="200"}"#,
+        r#"audit_forwarder_requests_total{code="400"}"#,
+        r#"audit_forwarder_requests_total{code="413"}"#,
+        r#"audit_forwarder_requests_total{code="503"}"#,
+        r#"audit_forwarder_requests_rejected_total{reason="queue_full"}"#,
+        r#"audit_forwarder_requests_rejected_total{reason="invalid_json"}"#,
+        r#"audit_forwarder_requests_rejected_total{reason="too_many_events"}"#,
+        r#"audit_forwarder_decode_errors_total{reason="invalid_json"}"#,
+        r#"audit_forwarder_events_dropped_total{reason="event_too_large",sink="all"}"#,
+        r#"audit_forwarder_error_total{reason="write",sink="stdout"}"#,
+        r#"audit_forwarder_error_total{reason="connection",sink="tcp"}"#,
+        r#"audit_forwarder_connection_errors_total{reason="broken",sink="tcp"}"#,
+    ] {
+        assert_eq!(m.value(series), Some(0.0), "{series} is exported at 0");
+    }
+    fwd.stop().await;
+}

@@ -403,6 +403,73 @@ async fn dead_letters_that_cannot_be_written_are_held_and_retried_not_counted() 
 }
 
 #[tokio::test]
+async fn http_401_403_407_are_retried_like_an_outage_never_split_nor_dead_lettered() {
+    for status in [401, 403, 407] {
+        let backend = HttpBackend::start().await;
+        backend.set_answer(Answer::FailNext(status, 3));
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead.ndjson");
+        let mut sink = http(&[format!("http://{}/", backend.addr)]);
+        sink.dead_letter_file = Some(dead.clone());
+        let fwd = Forwarder::start(with_sinks(vec![SinkConfig::Http(sink)])).await;
+        let before = fwd.metrics().await;
+        assert_eq!(
+            before.value(r#"audit_forwarder_error_total{reason="unauthorized",sink="http"}"#),
+            Some(0.0),
+            "unauthorized is exported at 0 before the first refusal"
+        );
+        assert_eq!(fwd.post(&list(1..101)).await.status, 200);
+        let got = wait_ids("delivery", || backend.audit_ids(), 100).await;
+        assert_eq!(got, ids(1..101), "{status}");
+        assert_eq!(
+            backend.recorded().len(),
+            1,
+            "{status}: one request, never split"
+        );
+        // The file is opened (created) at start; nothing is written to it.
+        assert_eq!(
+            std::fs::read(&dead).unwrap_or_default(),
+            b"",
+            "{status}: nothing dead-lettered"
+        );
+        let m = fwd.metrics().await;
+        assert_eq!(
+            m.get(r#"audit_forwarder_error_total{reason="unauthorized",sink="http"}"#),
+            300.0,
+            "{status}: 100 events refused three times"
+        );
+        assert_eq!(m.get(r#"audit_forwarder_retries_total{sink="http"}"#), 3.0);
+        assert_eq!(
+            m.get(r#"audit_forwarder_events_dead_lettered_total{sink="http"}"#),
+            0.0
+        );
+        fwd.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn reject_statuses_decide_which_answers_split_the_request() {
+    // 409 is not about content by default: retried, the request stays whole.
+    // Named in reject_statuses it splits the request like a 400.
+    for (reject, requests) in [(None, 1), (Some("409"), 2)] {
+        let backend = HttpBackend::start().await;
+        backend.set_answer(Answer::FailNext(409, 1));
+        let mut sink = http(&[format!("http://{}/", backend.addr)]);
+        if let Some(code) = reject {
+            sink.retry.reject_statuses = vec![code.to_owned()];
+        }
+        let fwd = Forwarder::start(with_sinks(vec![SinkConfig::Http(sink)])).await;
+        assert_eq!(fwd.post(&list(1..5)).await.status, 200);
+        wait_ids("delivery", || backend.audit_ids(), 4).await;
+        let mut got = backend.audit_ids();
+        got.sort();
+        assert_eq!(got, ids(1..5), "{reject:?}");
+        assert_eq!(backend.recorded().len(), requests, "{reject:?}");
+        fwd.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn http_backend_down_fills_the_queue_then_503_then_everything_arrives() {
     let mut backend = HttpBackend::start().await;
     backend.stop();
@@ -879,6 +946,86 @@ async fn sink_client_certificate_is_reloaded_without_restart_and_its_expiry_publ
     assert_eq!(
         wait_ids("second batch", || backend.audit_ids(), 2).await,
         ids(1..3)
+    );
+    fwd.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_reconnect_counts_one_connection_error_and_each_resent_event_once() {
+    for kill in [false, true] {
+        tcp_reconnect_counts(kill).await;
+    }
+}
+
+/// A stalled peer's connection is reset (`kill`: the peer is down for half a
+/// second first); what was not acknowledged is re-sent.
+async fn tcp_reconnect_counts(kill: bool) {
+    let mut backend = TcpBackend::start(TcpMode::Stall).await;
+    let fwd = Forwarder::start(with_sinks(vec![SinkConfig::Tcp(tcp(backend.addr))])).await;
+    let before = fwd.metrics().await;
+    for reason in ["connect", "timeout", "closed", "broken"] {
+        assert!(
+            before.value(&format!(
+                r#"audit_forwarder_connection_errors_total{{reason="{reason}",sink="tcp"}}"#
+            )) == Some(0.0),
+            "{reason} is exported at 0 from the start"
+        );
+    }
+    // The stalled peer's 4 KiB buffer takes a few events; the rest wait
+    // unacknowledged in the forwarder's socket.
+    assert_eq!(fwd.post(&list(1..61)).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The peer reads again only once the stalled connection is gone, so that
+    // what arrives is what was re-sent.
+    if kill {
+        backend.kill();
+        backend.set_mode(TcpMode::Read);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        backend.restart().await;
+    } else {
+        backend.reset();
+        backend.set_mode(TcpMode::Read);
+    }
+    let resent = wait_ids("the unacknowledged events again", || backend.audit_ids(), 1).await;
+    eventually("queue drained", || async {
+        fwd.metrics()
+            .await
+            .get(r#"audit_forwarder_queue_events{sink="tcp"}"#)
+            == 0.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resent_ids = backend.audit_ids();
+    assert!(!resent.is_empty());
+    let m = fwd.metrics().await;
+    let conn = |reason: &str| {
+        m.get(&format!(
+            r#"audit_forwarder_connection_errors_total{{reason="{reason}",sink="tcp"}}"#
+        ))
+    };
+    assert_eq!(
+        conn("broken") + conn("closed"),
+        1.0,
+        "{kill}: one lost connection, one error"
+    );
+    // Each attempt while the peer is down is a failed connection too.
+    assert_eq!(conn("connect") > 0.0, kill, "{kill}");
+    assert_eq!(
+        m.get(r#"audit_forwarder_retries_total{sink="tcp"}"#),
+        resent_ids.len() as f64,
+        "{kill}: each re-sent event counted once"
+    );
+    let errors: f64 = ["connection", "connect", "timeout"]
+        .iter()
+        .map(|r| {
+            m.get(&format!(
+                r#"audit_forwarder_error_total{{reason="{r}",sink="tcp"}}"#
+            ))
+        })
+        .sum();
+    assert_eq!(
+        errors, 60.0,
+        "{kill}: each event once in the outage's errors"
     );
     fwd.stop().await;
 }

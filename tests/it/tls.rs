@@ -243,6 +243,46 @@ async fn plain_listener_with_a_bearer_token_answers_401_without_it() {
 }
 
 #[tokio::test]
+async fn the_bearer_scheme_is_matched_in_any_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.source.http.bearer_token_file = write(dir.path(), "token", "abc123");
+    let fwd = Forwarder::start(cfg).await;
+    let json = ("Content-Type", "application/json");
+    for (n, auth) in [
+        "bearer abc123",
+        "BEARER abc123",
+        "bEaReR  abc123",
+        "Bearer abc123 ",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n = n as u64 + 1;
+        let resp = post(
+            fwd.addr,
+            "/audit",
+            &[json, ("Authorization", auth)],
+            &batch(n, 1),
+        )
+        .await;
+        assert_eq!(resp.status, 200, "{auth:?}");
+    }
+    for auth in ["Bearerabc123", "Basic abc123", "bearer", "bearer abc1234"] {
+        let resp = post(
+            fwd.addr,
+            "/audit",
+            &[json, ("Authorization", auth)],
+            &batch(9, 1),
+        )
+        .await;
+        assert_eq!(resp.status, 401, "{auth:?}");
+    }
+    assert_eq!(fwd.out.wait_lines(4).await.len(), 4);
+    fwd.stop().await;
+}
+
+#[tokio::test]
 async fn a_stalled_handshake_blocks_nobody_and_times_out() {
     let p = pki();
     let mut cfg = https_config(config(), &p.secret);

@@ -1,7 +1,7 @@
 //! An independent reference for what a body must decode to, written from the
 //! rules in `src/decode/mod.rs`'s module documentation on top of serde_json
-//! rather than simd-json: which bodies are refused, and the exact text of each
-//! item of an accepted one.
+//! rather than simd-json: how invalid UTF-8 is repaired, which bodies are
+//! refused, and the exact text of each item of an accepted one.
 
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer as _, MapAccess, Visitor};
@@ -19,8 +19,56 @@ pub(crate) enum Expect<'a> {
     Empty,
     /// Not JSON, or JSON that is neither events nor an EventList.
     Refused(#[allow(dead_code, reason = "shown in failure messages")] &'static str),
-    /// The items' own texts, in order.
-    Items(Vec<&'a str>),
+    /// The texts of the items that are objects, in order, and how many items
+    /// were left out for not being objects.
+    Items(Vec<&'a str>, usize),
+}
+
+/// `body` as Go's decoder reads it: each byte that does not start a valid
+/// UTF-8 sequence (Go's `utf8.DecodeRune` giving `RuneError` of size 1)
+/// replaced by U+FFFD; with the offsets of the replacements. Written from
+/// Go's table of valid sequences rather than with `std::str::from_utf8`.
+pub(crate) fn go_utf8(body: &[u8]) -> (Vec<u8>, Vec<usize>) {
+    let cont = |i: usize, lo: u8, hi: u8| body.get(i).is_some_and(|b| (lo..=hi).contains(b));
+    let (mut out, mut at, mut i) = (Vec::with_capacity(body.len()), Vec::new(), 0);
+    while i < body.len() {
+        let len = match body[i] {
+            0x00..=0x7F => 1,
+            0xC2..=0xDF if cont(i + 1, 0x80, 0xBF) => 2,
+            0xE0 if cont(i + 1, 0xA0, 0xBF) && cont(i + 2, 0x80, 0xBF) => 3,
+            0xE1..=0xEC | 0xEE..=0xEF if cont(i + 1, 0x80, 0xBF) && cont(i + 2, 0x80, 0xBF) => 3,
+            0xED if cont(i + 1, 0x80, 0x9F) && cont(i + 2, 0x80, 0xBF) => 3,
+            0xF0 if cont(i + 1, 0x90, 0xBF)
+                && cont(i + 2, 0x80, 0xBF)
+                && cont(i + 3, 0x80, 0xBF) =>
+            {
+                4
+            }
+            0xF1..=0xF3
+                if cont(i + 1, 0x80, 0xBF)
+                    && cont(i + 2, 0x80, 0xBF)
+                    && cont(i + 3, 0x80, 0xBF) =>
+            {
+                4
+            }
+            0xF4 if cont(i + 1, 0x80, 0x8F)
+                && cont(i + 2, 0x80, 0xBF)
+                && cont(i + 3, 0x80, 0xBF) =>
+            {
+                4
+            }
+            _ => 0,
+        };
+        if len == 0 {
+            at.push(out.len());
+            out.extend_from_slice("\u{FFFD}".as_bytes());
+            i += 1;
+        } else {
+            out.extend_from_slice(&body[i..i + len]);
+            i += len;
+        }
+    }
+    (out, at)
 }
 
 /// The reference split of `body`.
@@ -38,20 +86,29 @@ pub(crate) fn split(body: &[u8]) -> Expect<'_> {
     let mut de = serde_json::Deserializer::from_str(text);
     de.disable_recursion_limit();
     let mut items = Vec::new();
+    let mut not_objects = 0;
+    // Skipping over a value checks the escapes but not that a `\u` surrogate
+    // is paired, as Go's decoder accepts a lone one.
     for doc in de.into_iter::<&RawValue>() {
         let Ok(doc) = doc else {
             return Expect::Refused("not JSON");
         };
-        // Skipping over a value does not check `\u` escapes for surrogates;
-        // decoding it does.
-        if super::parse(doc.get().as_bytes()).is_err() {
-            return Expect::Refused("invalid string escape");
-        }
-        if let Err(why) = document(doc.get(), &mut items) {
+        if let Err(why) = document(doc.get(), &mut items, &mut not_objects) {
             return Expect::Refused(why);
         }
     }
-    Expect::Items(items)
+    Expect::Items(items, not_objects)
+}
+
+/// The items of an array that are objects; the others counted in `not_objects`.
+fn objects<'a>(text: &'a str, items: &mut Vec<&'a str>, not_objects: &mut usize) {
+    for item in array(text) {
+        if item.starts_with('{') {
+            items.push(item);
+        } else {
+            *not_objects += 1;
+        }
+    }
 }
 
 /// Deepest nesting of arrays and objects in a text, brackets inside strings
@@ -81,10 +138,14 @@ fn depth(text: &[u8]) -> usize {
     max
 }
 
-fn document<'a>(doc: &'a str, items: &mut Vec<&'a str>) -> Result<(), &'static str> {
+fn document<'a>(
+    doc: &'a str,
+    items: &mut Vec<&'a str>,
+    not_objects: &mut usize,
+) -> Result<(), &'static str> {
     match doc.as_bytes().first() {
         Some(b'[') => {
-            items.extend(array(doc));
+            objects(doc, items, not_objects);
             Ok(())
         }
         Some(b'{') => {
@@ -108,7 +169,7 @@ fn document<'a>(doc: &'a str, items: &mut Vec<&'a str>) -> Result<(), &'static s
             }
             match (list, kind) {
                 (Some(l), _) if l.starts_with('[') => {
-                    items.extend(array(l));
+                    objects(l, items, not_objects);
                     Ok(())
                 }
                 (Some("null"), _) | (None, Some("EventList")) => Ok(()),

@@ -7,19 +7,21 @@
 //! `ndjson` or `json_array` events are re-batched.
 //!
 //! Delivery is at least once: a batch stays in the sink's queue (holding its
-//! room) until an endpoint answers 2xx, or rejects it with a status that is not
-//! retried. Connection errors, timeouts and `retry_statuses` are retried without
-//! end, with backoff and jitter, honouring `Retry-After`; a full queue then
-//! pushes back to the API server as 503. A request that fails on a pooled
-//! connection the peer had closed is retried at once on a fresh one. A
-//! rejected re-batched request is split in halves until the bad event is
-//! found; what stays rejected is counted, logged with its auditID, and written
-//! to the dead-letter file.
+//! room) until an endpoint answers 2xx, or rejects its content with one of
+//! `reject_statuses` (400, 413, 415, 422 by default). Connection errors,
+//! timeouts and every other status are retried without end, with backoff and
+//! jitter, honouring `Retry-After`; a full queue then pushes back to the API
+//! server as 503. 401, 403 and 407 say the sink's credentials were refused:
+//! they are retried like an outage, counted as `unauthorized`, and logged at
+//! most once a minute. A request that fails on a pooled connection the peer
+//! had closed is retried at once on a fresh one. A rejected request is split
+//! in halves until the bad event is found; what stays rejected is counted,
+//! logged with its auditID, and written to the dead-letter file.
 
 mod body;
 mod endpoints;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,6 +57,9 @@ pub struct HttpSink {
     headers: HeaderMap,
     batch: BatchConfig,
     retry_statuses: Vec<StatusPattern>,
+    reject_statuses: Vec<StatusPattern>,
+    /// When refused credentials may be logged again.
+    auth_log: Mutex<Throttle>,
     backoff: Backoff,
     max_in_flight: usize,
     dead_letter: Option<DeadLetter>,
@@ -67,6 +72,60 @@ pub struct HttpSink {
 enum Outcome {
     Delivered,
     Rejected(u16),
+}
+
+/// What an answer's status means for the request.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The events are refused: split, then dead-letter.
+    Reject,
+    /// The sink's credentials are refused (401, 403, 407): retry.
+    Unauthorized,
+    /// Anything else: retry.
+    Retry,
+}
+
+/// Shortest time between two logs of refused credentials.
+const AUTH_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Lets a repeated event through at most once per interval, with the number
+/// of times it happened since it was last let through.
+struct Throttle {
+    interval: Duration,
+    next: Option<Instant>,
+    count: u64,
+}
+
+impl Throttle {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            next: None,
+            count: 0,
+        }
+    }
+
+    /// Records one occurrence at `now`; `Some(occurrences so far)` when it
+    /// is to be logged.
+    fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.count += 1;
+        if self.next.is_some_and(|next| now < next) {
+            return None;
+        }
+        self.next = Some(now + self.interval);
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
+/// The verdict on a non-2xx `status`.
+fn verdict(status: u16, retry: &[StatusPattern], reject: &[StatusPattern]) -> Verdict {
+    if matches!(status, 401 | 403 | 407) {
+        Verdict::Unauthorized
+    } else if reject.iter().any(|p| p.matches(status)) && !retry.iter().any(|p| p.matches(status)) {
+        Verdict::Reject
+    } else {
+        Verdict::Retry
+    }
 }
 
 impl HttpSink {
@@ -185,6 +244,13 @@ impl HttpSink {
                 .iter()
                 .filter_map(|s| StatusPattern::parse(s))
                 .collect(),
+            reject_statuses: cfg
+                .retry
+                .reject_statuses
+                .iter()
+                .filter_map(|s| StatusPattern::parse(s))
+                .collect(),
+            auth_log: Mutex::new(Throttle::new(AUTH_LOG_INTERVAL)),
             backoff: Backoff::new(
                 Duration::from_millis(cfg.retry.initial_backoff_ms),
                 Duration::from_secs(cfg.retry.max_backoff_secs),
@@ -422,6 +488,25 @@ impl HttpSink {
         self.metrics.dead_lettered.inc_by(events.len() as u64);
     }
 
+    /// Logs a refused credential, at most once per [`AUTH_LOG_INTERVAL`]
+    /// for the whole sink, with the number of refusals since the last log.
+    fn log_unauthorized(&self, endpoint: &str, status: u16) {
+        let due = self
+            .auth_log
+            .lock()
+            .expect("not poisoned")
+            .hit(Instant::now());
+        if let Some(refusals) = due {
+            tracing::error!(
+                sink = %self.name,
+                endpoint,
+                status,
+                refusals,
+                "endpoint refused the sink's credentials (authentication failure); retrying until it accepts them"
+            );
+        }
+    }
+
     /// The webhook request's path and query to append to the endpoint URL,
     /// with `forward_path`.
     fn forwarded_path<'a>(&self, batch: &'a crate::pipeline::Batch) -> Option<&'a str> {
@@ -468,12 +553,19 @@ impl HttpSink {
                         }
                         return Outcome::Delivered;
                     }
-                    if !self.retry_statuses.iter().any(|p| p.matches(status)) {
-                        return Outcome::Rejected(status);
+                    // A retried status counts against the endpoint too.
+                    match verdict(status, &self.retry_statuses, &self.reject_statuses) {
+                        Verdict::Reject => return Outcome::Rejected(status),
+                        Verdict::Unauthorized => {
+                            self.endpoints.failure(i);
+                            self.log_unauthorized(&endpoint.label, status);
+                            ("unauthorized".to_owned(), retry_after)
+                        }
+                        Verdict::Retry => {
+                            self.endpoints.failure(i);
+                            (format!("http_{}xx", status / 100), retry_after)
+                        }
                     }
-                    // A retryable status counts against the endpoint too.
-                    self.endpoints.failure(i);
-                    (format!("http_{}xx", status / 100), retry_after)
                 }
                 Err(e) => {
                     self.endpoints.failure(i);
@@ -596,7 +688,51 @@ async fn health_checks(
 
 #[cfg(test)]
 mod tests {
-    use super::append_path;
+    use super::*;
+
+    #[test]
+    fn only_answers_about_content_reject_and_credentials_are_always_retried() {
+        let parse = |l: &[&str]| -> Vec<StatusPattern> {
+            l.iter().filter_map(|s| StatusPattern::parse(s)).collect()
+        };
+        let (retry, reject) = (
+            parse(&["408", "429", "5xx"]),
+            parse(&["400", "413", "415", "422"]),
+        );
+        for (status, want) in [
+            (400, Verdict::Reject),
+            (422, Verdict::Reject),
+            (401, Verdict::Unauthorized),
+            (403, Verdict::Unauthorized),
+            (407, Verdict::Unauthorized),
+            (404, Verdict::Retry),
+            (409, Verdict::Retry),
+            (429, Verdict::Retry),
+            (503, Verdict::Retry),
+        ] {
+            assert_eq!(verdict(status, &retry, &reject), want, "{status}");
+        }
+        // A class in reject_statuses, with retry_statuses carving out of it;
+        // credentials stay retried whatever the lists say.
+        let reject = parse(&["4xx"]);
+        assert_eq!(verdict(404, &retry, &reject), Verdict::Reject);
+        assert_eq!(verdict(429, &retry, &reject), Verdict::Retry);
+        assert_eq!(verdict(401, &retry, &reject), Verdict::Unauthorized);
+    }
+
+    #[test]
+    fn refused_credentials_are_logged_once_per_interval_with_a_count() {
+        let mut t = Throttle::new(Duration::from_secs(60));
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        assert_eq!(t.hit(at(0)), Some(1));
+        for s in 1..60 {
+            assert_eq!(t.hit(at(s)), None, "{s}");
+        }
+        assert_eq!(t.hit(at(60)), Some(60));
+        assert_eq!(t.hit(at(61)), None);
+        assert_eq!(t.hit(at(500)), Some(2));
+    }
 
     fn joined(url: &str, path: &str) -> String {
         append_path(&url::Url::parse(url).unwrap(), path).to_string()

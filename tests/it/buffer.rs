@@ -1086,3 +1086,39 @@ async fn sigterm_with_a_stalled_sink_exits_0_and_the_next_start_delivers_everyth
     let (code, _, logs) = fwd.terminate().await;
     assert_eq!(code, Some(0), "{logs:#?}");
 }
+
+/// SIGTERM while the receiver is down and a backlog waits for it: nothing is
+/// in flight, so the forwarder exits 0 without waiting for the receiver or
+/// for `shutdown.deadline_secs` (60 here), and the next start delivers the
+/// backlog once the receiver is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_a_dead_sink_does_not_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = LineSink::start_down().await;
+    let mut setup = Setup::new(dir.path(), vec![tcp_sink("tcp", sink.addr, "block")]);
+    setup.deadline_secs = 60;
+    let config = setup.write();
+    let fwd = Forwarder::start(&config).await;
+    let batches = Batches::new(50);
+    let mut accepted = Vec::new();
+    for i in 0..20 {
+        let (body, ids) = batches.get(i);
+        assert_eq!(try_post(fwd.addr(), &body).await.unwrap().status, 200);
+        accepted.extend(ids);
+    }
+    // Fails (no exit within PATIENCE, 15 s) if the sink is waited for.
+    let (code, took, logs) = fwd.terminate().await;
+    println!("SIGTERM with a dead sink: exit after {took:?}");
+    assert_eq!(code, Some(0), "{logs:#?}");
+    assert!(
+        logs.iter().any(|l| l.contains("kept_events=1000")),
+        "{logs:#?}"
+    );
+    sink.restart().await;
+    let fwd = Forwarder::start(&config).await;
+    sink.wait_for(&accepted).await;
+    sleep_ms(200).await;
+    assert_eq!(sink.seqs(), accepted, "each once, in order");
+    let (code, _, logs) = fwd.terminate().await;
+    assert_eq!(code, Some(0), "{logs:#?}");
+}

@@ -238,6 +238,7 @@ impl TcpSink {
     ) -> Option<Lost> {
         let mut scratch = vec![0u8; 4096];
         let mut closed = false;
+        let mut confirmed = Instant::now();
         loop {
             let next = if let Some(d) = resend.pop_front() {
                 Some(d)
@@ -255,6 +256,7 @@ impl TcpSink {
                     },
                     () = tokio::time::sleep(ACK_POLL), if waiting => {
                         self.confirm(&s, unconfirmed, metrics);
+                        confirmed = Instant::now();
                         continue;
                     }
                     d = input.recv(), if !closed => d,
@@ -282,6 +284,13 @@ impl TcpSink {
                 at: Instant::now(),
                 delivery,
             });
+            // While batches keep coming the poll above never fires: check
+            // here too, or a sink that catches up would not count what the
+            // peer already has until its queue runs dry.
+            if confirmed.elapsed() >= ACK_POLL {
+                self.confirm(&s, unconfirmed, metrics);
+                confirmed = Instant::now();
+            }
         }
     }
 

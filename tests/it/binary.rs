@@ -12,13 +12,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_kube-audit-forwarder");
 
 /// The binary on its built-in default, moved to loopback and kernel-chosen
 /// ports through environment overrides.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-    metrics_addr: SocketAddr,
-    stderr: mpsc::Receiver<String>,
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub stderr: mpsc::Receiver<String>,
     /// stderr up to the listeners' addresses.
-    early_logs: Vec<String>,
+    pub early_logs: Vec<String>,
 }
 
 impl Process {
@@ -26,7 +26,7 @@ impl Process {
         Self::start_with(args, &[], Stdio::piped())
     }
 
-    fn start_with(args: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Self {
+    pub fn start_with(args: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
             .env("AUDIT_FORWARDER__SOURCE__HTTP__ADDRESS", "127.0.0.1:0")
@@ -66,7 +66,7 @@ impl Process {
         }
     }
 
-    fn signal(&self, name: &str) {
+    pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
@@ -75,7 +75,7 @@ impl Process {
     }
 
     /// Waits for exit; returns the status code, stdout, and the stderr lines.
-    fn finish(mut self) -> (Option<i32>, String, Vec<String>) {
+    pub fn finish(mut self) -> (Option<i32>, String, Vec<String>) {
         let mut out = String::new();
         if let Some(mut stdout) = self.child.stdout.take() {
             stdout.read_to_string(&mut out).unwrap();
@@ -202,7 +202,7 @@ fn bad_listen_address_fails_at_start_naming_it() {
     assert!(msg.contains(&addr), "{msg}");
 }
 
-async fn metrics_of(p: &Process) -> Metrics {
+pub async fn metrics_of(p: &Process) -> Metrics {
     let resp = request(
         p.metrics_addr,
         b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(),

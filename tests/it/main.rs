@@ -5,6 +5,7 @@
 mod backends;
 mod bh16;
 mod binary;
+mod buffer;
 mod cases;
 mod corpus;
 mod deploy;

@@ -538,9 +538,16 @@ impl Running {
             tracing::warn!("in-flight requests did not finish by the shutdown deadline");
         }
         parts.pipeline.close();
+        let sinks: Vec<SinkTask> = parts.sinks.into_iter().chain(parts.retired_sinks).collect();
+        // With a disk buffer what is not delivered stays on disk: the sinks
+        // are waited for only while they deliver.
+        let deadline = match parts.pipeline.disk_backlog() {
+            Some(_) => drain_while_delivering(&parts.pipeline, &sinks, deadline).await,
+            None => deadline,
+        };
         let mut unfinished_sinks = Vec::new();
         let mut late = Vec::new();
-        for mut s in parts.sinks.into_iter().chain(parts.retired_sinks) {
+        for mut s in sinks {
             if tokio::time::timeout_at(deadline, &mut s.task)
                 .await
                 .is_err()
@@ -580,6 +587,36 @@ impl Running {
         ShutdownReport {
             undelivered_events,
             unfinished_sinks,
+        }
+    }
+}
+
+/// With a disk buffer, at shutdown: waits until every sink has finished,
+/// the deadline passes, or no event has been delivered for a second (a slow
+/// or dead sink, whose backlog stays on disk for the next start), and returns
+/// when to stop waiting for the sinks.
+async fn drain_while_delivering(
+    pipeline: &Pipeline,
+    sinks: &[SinkTask],
+    deadline: Instant,
+) -> Instant {
+    const STALL: Duration = Duration::from_secs(1);
+    let mut last = pipeline.disk_backlog().unwrap_or(0);
+    let mut moved = Instant::now();
+    loop {
+        if sinks.iter().all(|s| s.task.is_finished()) || Instant::now() >= deadline {
+            return deadline;
+        }
+        tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(50))).await;
+        let backlog = pipeline.disk_backlog().unwrap_or(0);
+        if backlog < last {
+            (last, moved) = (backlog, Instant::now());
+        } else if moved.elapsed() >= STALL {
+            tracing::info!(
+                undelivered_events = backlog,
+                "no event delivered for a second: not waiting for the sinks; the rest stays in the disk buffer"
+            );
+            return Instant::now();
         }
     }
 }

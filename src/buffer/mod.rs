@@ -422,7 +422,10 @@ impl DiskBuffer {
             off: 0,
         };
         for p in holders {
-            match p.skip(oldest.first, oldest.events, to) {
+            match p
+                .skip(oldest.first, oldest.events, to)
+                .map(|unread| unread + p.purge_skipped())
+            {
                 Ok(dropped) => {
                     if dropped > 0 {
                         tracing::warn!(sink = %p.name, dropped_events = dropped, "disk buffer full: a drop_newest sink that lags skips its oldest segment");
@@ -516,6 +519,9 @@ impl DiskBuffer {
     pub fn finish(&self) {
         for p in &self.sinks {
             p.freeze();
+            // Batches of a skipped segment still in hand: their records are
+            // gone, so they are dropped now.
+            self.sink_dropped(&p.name, p.drain_skipped());
         }
         self.checkpoint();
     }

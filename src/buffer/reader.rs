@@ -43,14 +43,23 @@ struct State {
     /// Once frozen (at shutdown), batches let go of count as not done: a
     /// sink stopped at the deadline drops batches it did not deliver.
     frozen: bool,
+    /// Batches read from a segment the sink was moved past (their file may
+    /// be gone), with their events: each is delivered after all (the sink
+    /// had it in hand) or counted as dropped.
+    skipped: BTreeMap<u64, u32>,
     cursor: Cursor,
 }
+
+/// Takes batches out of a sink's queue (those not yet handed to the sink):
+/// given sequence numbers, returns those it removed.
+pub(crate) type Purge = Box<dyn Fn(&[u64]) -> Vec<u64> + Send + Sync>;
 
 /// One sink's progress through the log.
 pub(crate) struct Progress {
     pub(crate) name: String,
     pub(crate) when_full: WhenFull,
     state: Mutex<State>,
+    purge: std::sync::OnceLock<Purge>,
 }
 
 impl std::fmt::Debug for Progress {
@@ -88,8 +97,10 @@ impl Progress {
                 generation: 0,
                 backlog_events,
                 frozen: false,
+                skipped: BTreeMap::new(),
                 cursor,
             }),
+            purge: std::sync::OnceLock::new(),
         }
     }
 
@@ -155,6 +166,49 @@ impl Progress {
         if let Some(o) = s.outstanding.remove(&seq) {
             s.backlog_events = s.backlog_events.saturating_sub(u64::from(o.events));
         }
+        s.skipped.remove(&seq);
+    }
+
+    /// Sets how batches are taken back out of the sink's queue.
+    pub(crate) fn set_purge(&self, purge: Purge) {
+        let _ = self.purge.set(purge);
+    }
+
+    /// Whether the batch of record `seq` is still wanted by the sink: not
+    /// moved past by a skip.
+    pub(crate) fn wanted(&self, seq: u64) -> bool {
+        lock(&self.state).outstanding.contains_key(&seq)
+    }
+
+    /// The events of a skipped batch that will not be delivered after all
+    /// (taken out of the queue, or not yet put in it), to be counted as
+    /// dropped; `None` when `seq` is not a skipped batch.
+    pub(crate) fn take_skipped(&self, seq: u64) -> Option<u32> {
+        lock(&self.state).skipped.remove(&seq)
+    }
+
+    /// Takes the skipped batches still waiting in the sink's queue out of it
+    /// and returns their events, to be counted as dropped.
+    pub(crate) fn purge_skipped(&self) -> u64 {
+        let seqs: Vec<u64> = lock(&self.state).skipped.keys().copied().collect();
+        let Some(purge) = self.purge.get() else {
+            return 0;
+        };
+        purge(&seqs)
+            .into_iter()
+            .filter_map(|seq| self.take_skipped(seq))
+            .map(u64::from)
+            .sum()
+    }
+
+    /// At shutdown: the events of skipped batches never delivered, to be
+    /// counted as dropped.
+    pub(crate) fn drain_skipped(&self) -> u64 {
+        let mut s = lock(&self.state);
+        std::mem::take(&mut s.skipped)
+            .into_values()
+            .map(u64::from)
+            .sum()
     }
 
     /// From now on, batches let go of are not counted as done.
@@ -203,7 +257,7 @@ impl Progress {
     /// Moves a lagging sink past segment `seg` (of `seg_events` events) to
     /// `to`, the next segment's start, and saves that. Returns the events it
     /// had not read yet: they are dropped for this sink. Batches of that
-    /// segment already read stay with the sink and are delivered.
+    /// segment already read become skipped ones: see [`Progress::purge_skipped`].
     pub(crate) fn skip(&self, seg: u64, seg_events: u64, to: Pos) -> std::io::Result<u64> {
         let mut s = lock(&self.state);
         let mut dropped = 0;
@@ -226,6 +280,7 @@ impl Progress {
         for seq in gone {
             if let Some(o) = s.outstanding.remove(&seq) {
                 s.backlog_events = s.backlog_events.saturating_sub(u64::from(o.events));
+                s.skipped.insert(seq, o.events);
             }
         }
         s.backlog_events = s.backlog_events.saturating_sub(dropped);

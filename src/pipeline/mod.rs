@@ -201,6 +201,10 @@ impl Pipeline {
             .collect();
         pipeline.queues.store(Arc::new(queues.clone()));
         for (i, q) in queues.iter().enumerate() {
+            let weak = Arc::downgrade(q);
+            buffer.progress(i).set_purge(Box::new(move |seqs: &[u64]| {
+                weak.upgrade().map_or_else(Vec::new, |q| q.purge(seqs))
+            }));
             let feed = buffer.clone().feed(i, {
                 let q = q.clone();
                 move |batch, seq| {
@@ -234,6 +238,12 @@ impl Pipeline {
             drop_log: crate::ratelimit::RateLimit::new(Duration::from_secs(10)),
             disk: None,
         }
+    }
+
+    /// With a disk buffer, the events its sinks have not yet delivered,
+    /// summed; `None` without one.
+    pub fn disk_backlog(&self) -> Option<u64> {
+        self.disk.as_ref().map(|d| d.buffer.undelivered_events())
     }
 
     /// Whether batches go through a disk buffer.

@@ -126,6 +126,15 @@ impl Queue {
                 if state.closed {
                     return false;
                 }
+                // Skipped past while waiting for room (a lagging
+                // `drop_newest` sink): dropped, counted.
+                if let Some(p) = &self.progress
+                    && !p.wanted(seq)
+                {
+                    let events = p.take_skipped(seq).unwrap_or(0);
+                    self.metrics.dropped("buffer_full", u64::from(events));
+                    return true;
+                }
                 let read_ahead = state.bytes + batch.retained_bytes() <= READ_AHEAD_BYTES;
                 if state.events == 0 || (read_ahead && self.fits(&state, &batch)) {
                     self.push(&mut state, batch, Some(seq));
@@ -134,6 +143,32 @@ impl Queue {
             }
             notified.await;
         }
+    }
+
+    /// Takes the waiting batches whose sequence numbers are in `seqs` out
+    /// of the queue (not those a sink already has in hand) and returns their
+    /// sequence numbers.
+    pub(crate) fn purge(&self, seqs: &[u64]) -> Vec<u64> {
+        let mut state = self.lock();
+        let mut removed = Vec::new();
+        let mut freed = (0, 0);
+        state.items.retain(|(batch, seq)| match seq {
+            Some(s) if seqs.contains(s) => {
+                removed.push(*s);
+                freed.0 += batch.events.len();
+                freed.1 += batch.retained_bytes();
+                false
+            }
+            _ => true,
+        });
+        state.events -= freed.0;
+        state.bytes -= freed.1;
+        self.publish(&state);
+        drop(state);
+        if !removed.is_empty() {
+            self.space.freed();
+        }
+        removed
     }
 
     pub(crate) fn depth_events(&self) -> usize {

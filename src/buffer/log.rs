@@ -10,9 +10,10 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::lock;
 use super::record;
 use super::segment;
 use super::storage::{LogFile, Storage};
@@ -111,10 +112,6 @@ pub(crate) struct Log {
     pub(crate) changed: tokio::sync::Notify,
     /// Seconds per `fdatasync`, for the histogram.
     on_sync: Box<dyn Fn(f64) + Send + Sync>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Log {

@@ -119,6 +119,13 @@ pub struct DiskBuffer {
     _lock: File,
 }
 
+/// Locks `m`; a panic while it was held leaves state that is still
+/// consistent (each update is one statement or is redone), so poison is
+/// ignored.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -668,11 +675,7 @@ impl DiskBuffer {
     }
 
     fn damaged(&self, path: &Path, pos: Pos, what: &str) {
-        let first = self
-            .damage_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(pos);
+        let first = lock(&self.damage_seen).insert(pos);
         if first {
             self.metrics.corrupt.inc();
             tracing::error!(file = %path.display(), offset = pos.off, "disk buffer: {what}");

@@ -9,15 +9,12 @@
 //! for the oldest.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use super::Pos;
 use super::cursor::Cursor;
+use super::lock;
 use crate::pipeline::{Batch, WhenFull};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A batch read from the log and not yet done.
 #[derive(Debug, Clone, Copy)]

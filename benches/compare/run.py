@@ -288,13 +288,28 @@ def scrape(mport):
     """The fsync histogram's count and sum from the forwarder's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as r:
         text = r.read().decode()
-    out = {"count": 0.0, "sum": 0.0}
+    out = {"count": 0.0, "sum": 0.0, "buckets": {}}
     for line in text.splitlines():
-        if line.startswith(FSYNC_METRIC + "_count"):
+        if line.startswith(FSYNC_METRIC + "_bucket"):
+            le = float(line.split('le="', 1)[1].split('"', 1)[0])
+            out["buckets"][le] = out["buckets"].get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+        elif line.startswith(FSYNC_METRIC + "_count"):
             out["count"] += float(line.rsplit(" ", 1)[1])
         elif line.startswith(FSYNC_METRIC + "_sum"):
             out["sum"] += float(line.rsplit(" ", 1)[1])
     return out
+
+
+def fsync_quantile_ms(m0, m1, q):
+    """The histogram bucket bound (ms) under which a `q` share of the fsyncs
+    between two scrapes fell: an upper bound of that quantile."""
+    total = m1["count"] - m0["count"]
+    if not total:
+        return None
+    for le in sorted(m1["buckets"]):
+        if m1["buckets"][le] - m0["buckets"].get(le, 0.0) >= q * total:
+            return le * 1000
+    return None
 
 
 def dd_mb_per_sec(directory):
@@ -306,6 +321,33 @@ def dd_mb_per_sec(directory):
     f.unlink()
     m = re.search(r"^(\d+) bytes.* copied, ([\d.e+-]+) s", r.stderr, re.M)
     return int(m[1]) / float(m[2]) / 1e6
+
+
+def sync_floor(directory, size, rate, count):
+    """The disk alone at the API server's rate: `count` writes of `size`
+    bytes (one webhook body), each followed by fdatasync, `rate` per second,
+    appended to one file in `directory`. Returns the latency quantiles in ms:
+    the least a 200 after fdatasync can take there."""
+    path = directory / "floor.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    data, lat, off = os.urandom(size), [], 0
+    start = time.monotonic()
+    try:
+        for i in range(count):
+            pause = start + i / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            t = time.monotonic()
+            os.pwrite(fd, data, off)
+            os.fdatasync(fd)
+            lat.append((time.monotonic() - t) * 1000)
+            off += size
+    finally:
+        os.close(fd)
+        path.unlink()
+    lat.sort()
+    return {"bytes": size, "count": count, "p50_ms": lat[len(lat) // 2], "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+            "max_ms": lat[-1]}
 
 
 def filesystem(directory):
@@ -343,8 +385,10 @@ def buffer_run(tmp, backend, buffer, mix, load, args, first_seq):
         "p50_ms": out["latency_ms"]["p50"], "p99_ms": out["latency_ms"]["p99"], "max_ms": out["latency_ms"]["max"],
         "fsyncs_per_sec": syncs / (t1 - t0) if bdir else None,
         "fsync_mean_ms": 1000 * (m1["sum"] - m0["sum"]) / syncs if syncs else None,
+        "fsync_p99_ms_at_most": fsync_quantile_ms(m0, m1, 0.99),
         "mb_per_fsync": out["bytes_ok"] / 1e6 / syncs if syncs else None,
         "peak_rss_mib": rss, "events_ok": out["events_ok"],
+        "body_bytes": out["bytes_ok"] / out["batches_ok"] if out["batches_ok"] else 0,
         "lost": out["events_ok"] - delivered["unique"], "duplicates": delivered["duplicates"],
         "statuses": out["statuses"],
     }
@@ -432,6 +476,13 @@ def buffer_scenario(args, out):
                           f"{fmt(r['fsyncs_per_sec'], '.0f')} fsyncs/s", file=sys.stderr)
                     rows.append(r)
         backend.stop()
+        floors = {}
+        for r in rows:
+            if r["buffer"] == "memory" and r["load"] == "open":
+                size = round(r["body_bytes"])
+                floors[r["mix"]] = sync_floor(bench_dir, size, args.api_rate, args.floor_writes)
+                print(f"  write+fdatasync of {size} bytes at {args.api_rate:g}/s: p50 {floors[r['mix']]['p50_ms']:.2f} ms, "
+                      f"p99 {floors[r['mix']]['p99_ms']:.2f} ms", file=sys.stderr)
         for mix in [m for m in args.catchup_mixes.split(",") if m]:
             c = catch_up(tmp, mix, args, 0)
             print(f"  catch-up {mix}: {fmt(c['drain_events_per_sec'], ',.0f')} events/s", file=sys.stderr)
@@ -442,7 +493,7 @@ def buffer_scenario(args, out):
                "model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")}
     print(f"\n{machine['model']}, {machine['cpus']} cores; buffer and dd on {fs}; "
           f"dd bs=1M count=256 oflag=dsync: {dd[0]:.0f} MB/s before, {dd[1]:.0f} MB/s after\n")
-    print("| mix | load | buffer | events/s | MB/s | CPU-s/GB | p50 ms | p99 ms | fsyncs/s | fsync ms | MB/fsync "
+    print("| mix | load | buffer | events/s | MB/s | CPU-s/GB | p50 ms | p99 ms | fsyncs/s | fsync ms mean / p99 ≤ | MB/fsync "
           "| MB/s × memory | CPU/GB × memory | MB/s ÷ dd | lost | dups | statuses |")
     print("| --- | --- | --- " + "| ---: " * 13 + "| --- |")
     for r in rows:
@@ -453,8 +504,13 @@ def buffer_scenario(args, out):
         statuses = " ".join(f"{k}:{v}" for k, v in sorted(r["statuses"].items()))
         print(f"| {r['mix']} | {load} | {r['buffer']} | {r['events_per_sec']:,.0f} | {r['mb_per_sec']:.1f} "
               f"| {fmt(r['cpu_s_per_gb'], '.2f')} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-              f"| {fmt(r['fsyncs_per_sec'], '.0f')} | {fmt(r['fsync_mean_ms'], '.2f')} | {fmt(r['mb_per_fsync'], '.2f')} | {fmt(x_mb, '.2f')} "
+              f"| {fmt(r['fsyncs_per_sec'], '.0f')} | {fmt(r['fsync_mean_ms'], '.2f')} / {fmt(r['fsync_p99_ms_at_most'], 'g')} | {fmt(r['mb_per_fsync'], '.2f')} | {fmt(x_mb, '.2f')} "
               f"| {fmt(x_cpu, '.2f')} | {r['mb_per_sec'] / dd_ref:.2f} | {r['lost']} | {r['duplicates']} | {statuses} |")
+    if floors:
+        print("\n| mix | body bytes | write+fdatasync p50 ms | p99 ms | max ms |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for mix, f in floors.items():
+            print(f"| {mix} | {f['bytes']:,} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {f['max_ms']:.2f} |")
     if caught:
         print("\n| mix | outage | backlog events | on disk MB | ingest p99 ms | first delivery s | drain s "
               "| drained events/s | MB/s | × ingest | lost | dups |")
@@ -465,7 +521,7 @@ def buffer_scenario(args, out):
                   f"| {fmt(c['drain_events_per_sec'], ',.0f')} | {fmt(c['drain_mb_per_sec'], '.0f')} "
                   f"| {fmt(c['drain_x_ingest'], '.1f')} | {c['lost']} | {c['duplicates']} |")
     (out / "buffer.json").write_text(json.dumps({"machine": machine, "args": vars(args), "dd_mb_per_sec": dd,
-                                                 "runs": rows, "catch_up": caught}, indent=2))
+                                                 "runs": rows, "sync_floor": floors, "catch_up": caught}, indent=2))
 
 
 def table(rows, base):
@@ -528,6 +584,8 @@ def main():
     b.add_argument("--open-secs", type=float, default=20)
     b.add_argument("--saturation-concurrency", type=int, default=4)
     b.add_argument("--closed-secs", type=float, default=6)
+    b.add_argument("--floor-writes", type=int, default=100,
+                   help="writes of one body + fdatasync timed at the API server's rate, per mix")
     b.add_argument("--catchup-mixes", default="metadata,mixed")
     b.add_argument("--outage-secs", type=float, default=60)
     b.add_argument("--drain-timeout", type=float, default=120)

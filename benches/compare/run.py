@@ -285,12 +285,15 @@ FSYNC_METRIC = "audit_forwarder_buffer_fsync_duration_seconds"
 
 
 def scrape(mport):
-    """The fsync histogram's count and sum from the forwarder's /metrics."""
+    """The fsync histogram (count, sum, buckets) and the events in the sinks'
+    queues, from the forwarder's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as r:
         text = r.read().decode()
-    out = {"count": 0.0, "sum": 0.0, "buckets": {}}
+    out = {"count": 0.0, "sum": 0.0, "buckets": {}, "queue_events": 0.0}
     for line in text.splitlines():
-        if line.startswith(FSYNC_METRIC + "_bucket"):
+        if line.startswith("audit_forwarder_queue_events"):
+            out["queue_events"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(FSYNC_METRIC + "_bucket"):
             le = float(line.split('le="', 1)[1].split('"', 1)[0])
             out["buckets"][le] = out["buckets"].get(le, 0.0) + float(line.rsplit(" ", 1)[1])
         elif line.startswith(FSYNC_METRIC + "_count"):
@@ -370,8 +373,11 @@ def buffer_run(tmp, backend, buffer, mix, load, args, first_seq):
         shape, secs = ["--concurrency", str(args.saturation_concurrency)], args.closed_secs
     m0, cpu0, t0 = scrape(mport), cpu_seconds(proc.pid), time.time()
     out = loadgen(tmp, port, args, shape, first_seq, secs, mix)
-    m1, cpu1, t1 = scrape(mport), cpu_seconds(proc.pid), time.time()
+    at_end = backend.stats()
+    m1, t1 = scrape(mport), time.time()
     delivered = wait_delivered(backend, out["events_ok"], timeout=90)
+    # CPU until the batches taken are delivered: taking and delivering.
+    cpu1 = cpu_seconds(proc.pid)
     rss = peak_rss_mib(proc.pid)
     stop_proxy(proc)
     if bdir:
@@ -381,6 +387,9 @@ def buffer_run(tmp, backend, buffer, mix, load, args, first_seq):
     return {
         "buffer": buffer, "mix": mix, "load": load,
         "events_per_sec": out["events_per_sec"], "mb_per_sec": out["mb_per_sec"],
+        # What reached the backend while the load ran (the disk buffer takes
+        # more than the sink delivers when the sink is the slower).
+        "delivered_mb_per_sec": at_end["bytes"] / 1e6 / out["elapsed_secs"],
         "cpu_s_per_gb": (cpu1 - cpu0) / gb if gb else None,
         "p50_ms": out["latency_ms"]["p50"], "p99_ms": out["latency_ms"]["p99"], "max_ms": out["latency_ms"]["max"],
         "fsyncs_per_sec": syncs / (t1 - t0) if bdir else None,
@@ -416,6 +425,9 @@ def catch_up(tmp, mix, args, first_seq):
     time.sleep(0.2)
     out = loadgen(tmp, port, args, ["--batches-per-sec", str(args.api_rate)], first_seq, args.outage_secs, mix)
     on_disk = sum(f.stat().st_size for f in bdir.glob("*.wal"))
+    # The sink's queue was filled from the log while the backend was down:
+    # those events drain from memory, the rest is read back from the log.
+    queued = scrape(mport)["queue_events"]
     if not args.warm_cache:
         drop_cached(bdir)
     expected = out["events_ok"]
@@ -440,6 +452,7 @@ def catch_up(tmp, mix, args, first_seq):
         "mix": mix, "outage_secs": args.outage_secs, "ingest_events_per_sec": out["events_per_sec"],
         "ingest_p99_ms": out["latency_ms"]["p99"], "ingest_statuses": out["statuses"],
         "backlog_events": expected, "backlog_bytes_on_disk": on_disk, "cold_cache": not args.warm_cache,
+        "queued_events_at_start": queued, "read_from_log_events": expected - queued,
         "first_delivery_secs": (first - t0) if first else None,
         "drain_secs": drain, "total_secs": (done - t0) if done else None,
         "drain_events_per_sec": expected / drain if drain else None,
@@ -493,9 +506,9 @@ def buffer_scenario(args, out):
                "model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")}
     print(f"\n{machine['model']}, {machine['cpus']} cores; buffer and dd on {fs}; "
           f"dd bs=1M count=256 oflag=dsync: {dd[0]:.0f} MB/s before, {dd[1]:.0f} MB/s after\n")
-    print("| mix | load | buffer | events/s | MB/s | CPU-s/GB | p50 ms | p99 ms | fsyncs/s | fsync ms mean / p99 ≤ | MB/fsync "
+    print("| mix | load | buffer | events/s | MB/s | delivered MB/s | CPU-s/GB | p50 ms | p99 ms | fsyncs/s | fsync ms mean / p99 ≤ | MB/fsync "
           "| MB/s × memory | CPU/GB × memory | MB/s ÷ dd | lost | dups | statuses |")
-    print("| --- | --- | --- " + "| ---: " * 13 + "| --- |")
+    print("| --- | --- | --- " + "| ---: " * 14 + "| --- |")
     for r in rows:
         mem = next(m for m in rows if m["buffer"] == "memory" and m["mix"] == r["mix"] and m["load"] == r["load"])
         x_mb = r["mb_per_sec"] / mem["mb_per_sec"] if mem["mb_per_sec"] else None
@@ -503,7 +516,7 @@ def buffer_scenario(args, out):
         load = f"open {args.api_rate:g}/s" if r["load"] == "open" else f"closed c={args.saturation_concurrency}"
         statuses = " ".join(f"{k}:{v}" for k, v in sorted(r["statuses"].items()))
         print(f"| {r['mix']} | {load} | {r['buffer']} | {r['events_per_sec']:,.0f} | {r['mb_per_sec']:.1f} "
-              f"| {fmt(r['cpu_s_per_gb'], '.2f')} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+              f"| {r['delivered_mb_per_sec']:.1f} | {fmt(r['cpu_s_per_gb'], '.2f')} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
               f"| {fmt(r['fsyncs_per_sec'], '.0f')} | {fmt(r['fsync_mean_ms'], '.2f')} / {fmt(r['fsync_p99_ms_at_most'], 'g')} | {fmt(r['mb_per_fsync'], '.2f')} | {fmt(x_mb, '.2f')} "
               f"| {fmt(x_cpu, '.2f')} | {r['mb_per_sec'] / dd_ref:.2f} | {r['lost']} | {r['duplicates']} | {statuses} |")
     if floors:
@@ -512,11 +525,12 @@ def buffer_scenario(args, out):
         for mix, f in floors.items():
             print(f"| {mix} | {f['bytes']:,} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {f['max_ms']:.2f} |")
     if caught:
-        print("\n| mix | outage | backlog events | on disk MB | ingest p99 ms | first delivery s | drain s "
-              "| drained events/s | MB/s | × ingest | lost | dups |")
-        print("| --- " + "| ---: " * 11 + "|")
+        print("\n| mix | outage | backlog events | of which read back from the log | on disk MB | ingest p99 ms "
+              "| first delivery s | drain s | drained events/s | MB/s | × ingest | lost | dups |")
+        print("| --- " + "| ---: " * 12 + "|")
         for c in caught:
-            print(f"| {c['mix']} | {c['outage_secs']:g} s | {c['backlog_events']:,} | {c['backlog_bytes_on_disk'] / 1e6:.0f} "
+            print(f"| {c['mix']} | {c['outage_secs']:g} s | {c['backlog_events']:,} | {c['read_from_log_events']:,.0f} "
+                  f"| {c['backlog_bytes_on_disk'] / 1e6:.0f} "
                   f"| {c['ingest_p99_ms']:.2f} | {fmt(c['first_delivery_secs'], '.2f')} | {fmt(c['drain_secs'], '.2f')} "
                   f"| {fmt(c['drain_events_per_sec'], ',.0f')} | {fmt(c['drain_mb_per_sec'], '.0f')} "
                   f"| {fmt(c['drain_x_ingest'], '.1f')} | {c['lost']} | {c['duplicates']} |")

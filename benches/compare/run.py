@@ -507,8 +507,8 @@ def buffer_scenario(args, out):
     print(f"\n{machine['model']}, {machine['cpus']} cores; buffer and dd on {fs}; "
           f"dd bs=1M count=256 oflag=dsync: {dd[0]:.0f} MB/s before, {dd[1]:.0f} MB/s after\n")
     print("| mix | load | buffer | events/s | MB/s | delivered MB/s | CPU-s/GB | p50 ms | p99 ms | fsyncs/s | fsync ms mean / p99 ≤ | MB/fsync "
-          "| MB/s × memory | CPU/GB × memory | MB/s ÷ dd | lost | dups | statuses |")
-    print("| --- | --- | --- " + "| ---: " * 14 + "| --- |")
+          "| MB/s × memory | CPU/GB × memory | MB/s ÷ dd | peak RSS MiB | lost | dups | statuses |")
+    print("| --- | --- | --- " + "| ---: " * 15 + "| --- |")
     for r in rows:
         mem = next(m for m in rows if m["buffer"] == "memory" and m["mix"] == r["mix"] and m["load"] == r["load"])
         x_mb = r["mb_per_sec"] / mem["mb_per_sec"] if mem["mb_per_sec"] else None
@@ -518,7 +518,7 @@ def buffer_scenario(args, out):
         print(f"| {r['mix']} | {load} | {r['buffer']} | {r['events_per_sec']:,.0f} | {r['mb_per_sec']:.1f} "
               f"| {r['delivered_mb_per_sec']:.1f} | {fmt(r['cpu_s_per_gb'], '.2f')} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
               f"| {fmt(r['fsyncs_per_sec'], '.0f')} | {fmt(r['fsync_mean_ms'], '.2f')} / {fmt(r['fsync_p99_ms_at_most'], 'g')} | {fmt(r['mb_per_fsync'], '.2f')} | {fmt(x_mb, '.2f')} "
-              f"| {fmt(x_cpu, '.2f')} | {r['mb_per_sec'] / dd_ref:.2f} | {r['lost']} | {r['duplicates']} | {statuses} |")
+              f"| {fmt(x_cpu, '.2f')} | {r['mb_per_sec'] / dd_ref:.2f} | {r['peak_rss_mib']:.0f} | {r['lost']} | {r['duplicates']} | {statuses} |")
     if floors:
         print("\n| mix | body bytes | write+fdatasync p50 ms | p99 ms | max ms |")
         print("| --- | ---: | ---: | ---: | ---: |")

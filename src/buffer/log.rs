@@ -100,6 +100,41 @@ struct Writer {
     buf: Vec<u8>,
 }
 
+/// Records up to this size are copied into one buffer and written with one
+/// call; larger ones are written from where their parts lie.
+const SMALL_RECORD: usize = 64 << 10;
+
+/// Writes a record: `buf` holds its header; `parts` are its payload.
+fn write_record(
+    file: &dyn LogFile,
+    buf: &mut Vec<u8>,
+    parts: &[&[u8]],
+    off: u64,
+) -> io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let pad = record::padding(len);
+    if len <= SMALL_RECORD {
+        for p in parts {
+            buf.extend_from_slice(p);
+        }
+        buf.resize(buf.len() + pad, 0);
+        return file.write_at(buf, off);
+    }
+    let mut at = off;
+    // The header with the first (short) part, then the rest where it lies.
+    let (first, rest) = parts
+        .split_first()
+        .map_or((&[][..], parts), |(f, r)| (*f, r));
+    buf.extend_from_slice(first);
+    file.write_at(buf, at)?;
+    at += buf.len() as u64;
+    for p in rest {
+        file.write_at(p, at)?;
+        at += p.len() as u64;
+    }
+    file.write_at(&[0u8; 8][..pad], at)
+}
+
 /// The log's writer.
 pub(crate) struct Log {
     storage: Arc<dyn Storage>,
@@ -207,7 +242,7 @@ impl Log {
     /// any sink).
     pub(crate) fn append(
         &self,
-        payload: &[u8],
+        payload: &[&[u8]],
         events: u32,
         time_ms: u64,
     ) -> Result<Appended, AppendError> {
@@ -218,7 +253,7 @@ impl Log {
 
     pub(crate) fn write(
         &self,
-        payload: &[u8],
+        payload: &[&[u8]],
         events: u32,
         time_ms: u64,
     ) -> Result<Appended, AppendError> {
@@ -229,7 +264,8 @@ impl Log {
         if w.failed {
             self.recover(&mut w)?;
         }
-        let size = record::record_size(payload.len()) as u64;
+        let len: usize = payload.iter().map(|p| p.len()).sum();
+        let size = record::record_size(len) as u64;
         if w.total + size > self.max_bytes {
             return Err(AppendError::NoRoom);
         }
@@ -243,11 +279,11 @@ impl Log {
         let off = w.written_len;
         let prev = w.prev_crc;
         let mut buf = std::mem::take(&mut w.buf);
-        let crc = record::encode(&mut buf, seq, time_ms, events, prev, payload);
+        let crc = record::encode_header(&mut buf, seq, time_ms, events, prev, payload);
         let file = w.file.clone().ok_or(AppendError::Closed)?;
-        let result = file.write_at(&buf, off);
+        let result = write_record(file.as_ref(), &mut buf, payload, off);
         buf.clear();
-        if buf.capacity() > 1 << 20 {
+        if buf.capacity() > SMALL_RECORD {
             buf = Vec::new();
         }
         w.buf = buf;

@@ -331,7 +331,8 @@ impl DiskBuffer {
     }
 
     fn append_blocking(&self, batch: Arc<Batch>) -> Result<(), BufferRefusal> {
-        let payload = record::payload(&batch);
+        let [prefix, body] = record::payload(&batch);
+        let payload: [&[u8]; 2] = [&prefix, &body];
         let events = batch.events.len() as u32;
         let time_ms = now_ms();
         let mut tries = 0;

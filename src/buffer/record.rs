@@ -83,21 +83,21 @@ pub(crate) fn record_size(len: usize) -> usize {
     (HEADER + len).next_multiple_of(8)
 }
 
-/// The payload of `batch`: what replaying it needs.
-pub(crate) fn payload(batch: &Batch) -> Bytes {
+/// The payload of `batch` in two parts, the short prefix (version, flags,
+/// path) and the body, so that the body is written from where it lies.
+pub(crate) fn payload(batch: &Batch) -> [Bytes; 2] {
     let (flags, body) = match &batch.origin.gzip_wire {
         Some(wire) => (GZIP, wire),
         None => (0, &batch.body),
     };
     let path = batch.origin.path_and_query.as_bytes();
     let path = &path[..path.len().min(usize::from(u16::MAX))];
-    let mut out = BytesMut::with_capacity(4 + path.len() + body.len());
-    out.put_u8(VERSION);
-    out.put_u8(flags);
-    out.put_u16_le(path.len() as u16);
-    out.put_slice(path);
-    out.put_slice(body);
-    out.freeze()
+    let mut prefix = BytesMut::with_capacity(4 + path.len());
+    prefix.put_u8(VERSION);
+    prefix.put_u8(flags);
+    prefix.put_u16_le(path.len() as u16);
+    prefix.put_slice(path);
+    [prefix.freeze(), body.clone()]
 }
 
 /// A payload taken apart: the body to decode, whether it is gzip, and the
@@ -118,29 +118,37 @@ pub(crate) fn parse_payload(p: Bytes) -> Option<(Bytes, bool, Origin)> {
     Some((body, gzip, origin))
 }
 
-/// Writes the record for `payload` into `out` (cleared first) and returns its
-/// checksum, the next record's `prev_crc`.
-pub(crate) fn encode(
+/// Writes the header of the record whose payload is the concatenation of
+/// `parts` into `out` (cleared first) and returns its checksum, the next
+/// record's `prev_crc`. The record is the header, the parts, then
+/// [`padding`] zero bytes.
+pub(crate) fn encode_header(
     out: &mut Vec<u8>,
     seq: u64,
     time_ms: u64,
     events: u32,
     prev_crc: u32,
-    payload: &[u8],
+    parts: &[&[u8]],
 ) -> u32 {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     out.clear();
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&time_ms.to_le_bytes());
     out.extend_from_slice(&events.to_le_bytes());
     out.extend_from_slice(&prev_crc.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..32]), payload);
+    let crc = parts.iter().fold(crc32c::crc32c(&out[..32]), |c, p| {
+        crc32c::crc32c_append(c, p)
+    });
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(payload);
-    out.resize(record_size(payload.len()), 0);
     crc
+}
+
+/// Zero bytes after a payload of `len` bytes, to the next multiple of 8.
+pub(crate) fn padding(len: usize) -> usize {
+    record_size(len) - HEADER - len
 }
 
 /// The chain's seed for the file whose first record is `first_seq`.
@@ -155,7 +163,9 @@ mod tests {
     #[test]
     fn a_record_reads_back_and_any_flipped_bit_is_caught() {
         let mut out = Vec::new();
-        let crc = encode(&mut out, 7, 1_700_000_000_000, 3, 99, b"hello");
+        let crc = encode_header(&mut out, 7, 1_700_000_000_000, 3, 99, &[b"hel", b"lo"]);
+        out.extend_from_slice(b"hello");
+        out.resize(out.len() + padding(5), 0);
         assert_eq!(out.len(), 48);
         let raw: [u8; HEADER] = out[..HEADER].try_into().unwrap();
         let h = Header::parse(&raw).unwrap();
@@ -185,7 +195,9 @@ mod tests {
                 gzip_wire: None,
             },
         );
-        let (b, gzip, origin) = parse_payload(payload(&batch)).unwrap();
+        let [prefix, rest] = payload(&batch);
+        let joined = Bytes::from([prefix, rest].concat());
+        let (b, gzip, origin) = parse_payload(joined).unwrap();
         assert_eq!((b, gzip), (body, false));
         assert_eq!(origin.path_and_query, "/post?timeout=30s");
         assert!(parse_payload(Bytes::from_static(b"\x02\x00\x00\x00")).is_none());

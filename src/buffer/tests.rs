@@ -619,7 +619,8 @@ proptest! {
                 Step::WriteOnly => {
                     let b = batch(next_id);
                     next_id += 1;
-                    let _ = buffer.log.write(&record::payload(&b), 1, 0);
+                    let [prefix, body] = record::payload(&b);
+                    let _ = buffer.log.write(&[&prefix, &body], 1, 0);
                     last_was_write_only = true;
                 }
                 Step::Read => {
@@ -708,5 +709,39 @@ async fn a_stale_record_that_validates_on_its_own_breaks_the_chain_and_is_cut() 
         std::fs::metadata(&wal_a).unwrap().len(),
         a_bytes.len() as u64,
         "the stale record is cut off"
+    );
+}
+
+/// A batch of one event padded to about `bytes`.
+fn big_batch(n: u64, bytes: usize) -> Batch {
+    let pad = "y".repeat(bytes);
+    let body = format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{{"level":"Metadata","auditID":"id-{n}","stage":"ResponseComplete","pad":"{pad}"}}]}}"#
+    );
+    let (body, decoded) =
+        crate::source::body::unpack(Bytes::from(body), false, 1 << 20, &decode_opts()).unwrap();
+    Batch::new(body, decoded.events)
+}
+
+#[tokio::test]
+async fn large_records_written_in_parts_read_back_and_a_torn_one_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let buffer = open(dir.path(), 1 << 20, &Metrics::new());
+        for n in 0..3 {
+            buffer
+                .append_blocking(Arc::new(big_batch(n, 200_000 + n as usize)))
+                .unwrap();
+        }
+    }
+    let wal = wal_files(dir.path()).pop().unwrap();
+    let whole = std::fs::read(&wal).unwrap();
+    // Tear the last record in its body, as a crash during its write would.
+    std::fs::write(&wal, &whole[..whole.len() - 100_000]).unwrap();
+    let (got, m) = drain(dir.path(), 1 << 20, Duration::from_millis(300)).await;
+    assert_eq!(got, vec![0, 1]);
+    assert_eq!(
+        counter(&m, "audit_forwarder_buffer_corrupt_records_total"),
+        1.0
     );
 }

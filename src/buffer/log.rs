@@ -234,23 +234,11 @@ impl Log {
         Ok(())
     }
 
-    /// Appends one record and returns once it is durable.
+    /// Writes one record (not yet durable: see [`Log::commit`]).
     ///
     /// # Errors
     ///
-    /// [`AppendError`]; the record is then not acknowledged (and not read by
-    /// any sink).
-    pub(crate) fn append(
-        &self,
-        payload: &[&[u8]],
-        events: u32,
-        time_ms: u64,
-    ) -> Result<Appended, AppendError> {
-        let at = self.write(payload, events, time_ms)?;
-        self.commit(at.seq)?;
-        Ok(at)
-    }
-
+    /// [`AppendError`]; nothing of the record is kept.
     pub(crate) fn write(
         &self,
         payload: &[&[u8]],
@@ -314,8 +302,14 @@ impl Log {
     }
 
     /// Makes everything written up to `seq` durable, sharing one sync with
-    /// every append that waits at the same time.
-    fn commit(&self, seq: u64) -> Result<(), AppendError> {
+    /// every append that waits at the same time. Until it returns `Ok` the
+    /// record is not acknowledged and no sink reads it.
+    ///
+    /// # Errors
+    ///
+    /// [`AppendError::Io`] when the sync failed, or failed before for the
+    /// record's file.
+    pub(crate) fn commit(&self, seq: u64) -> Result<(), AppendError> {
         let _one_at_a_time = lock(&self.sync_lock);
         if self.committed().seq >= seq {
             return Ok(());

@@ -337,7 +337,7 @@ impl DiskBuffer {
         let time_ms = now_ms();
         let mut tries = 0;
         let at = loop {
-            match self.log.append(&payload, events, time_ms) {
+            match self.log.write(&payload, events, time_ms) {
                 Ok(at) => break at,
                 Err(AppendError::NoRoom) if tries < 64 => {
                     tries += 1;
@@ -351,29 +351,37 @@ impl DiskBuffer {
                 Err(e) => return Err(self.refusal(e)),
             }
         };
-        for p in &self.sinks {
-            p.accepted(events);
-        }
+        // Into the cache before the commit makes the record visible, so that
+        // a sink that keeps up takes it from memory rather than the file.
+        let pos = Pos {
+            seg: at.seg,
+            off: at.off,
+        };
         let min_read = self
             .sinks
             .iter()
             .map(|p| p.read_position().pos)
             .min()
             .unwrap_or_default();
-        self.cache.insert(
-            Cached {
-                pos: Pos {
-                    seg: at.seg,
-                    off: at.off,
-                },
-                next: at.next,
-                seq: at.seq,
-                events,
-                time_ms,
-                batch,
-            },
-            min_read,
-        );
+        let cached = Cached {
+            pos,
+            next: at.next,
+            seq: at.seq,
+            events,
+            time_ms,
+            batch,
+        };
+        self.cache.insert(cached, min_read);
+        for p in &self.sinks {
+            p.accepted(events);
+        }
+        if let Err(e) = self.log.commit(at.seq) {
+            self.cache.remove(pos);
+            for p in &self.sinks {
+                p.accepted_not(events);
+            }
+            return Err(self.refusal(e));
+        }
         Ok(())
     }
 
@@ -555,7 +563,10 @@ impl DiskBuffer {
             changed.as_mut().enable();
             let closed = self.log.is_closed();
             let at = p.read_position();
-            let next = match self.cache.get(at.pos) {
+            // A cached batch is taken only once committed (it is cached
+            // just before its commit).
+            let committed = self.log.committed().seq;
+            let next = match self.cache.get(at.pos).filter(|c| c.seq <= committed) {
                 Some(c) => Next::Record {
                     seq: c.seq,
                     next: c.next,

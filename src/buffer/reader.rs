@@ -218,6 +218,13 @@ impl Progress {
         lock(&self.state).backlog_events += u64::from(events);
     }
 
+    /// `events` counted by [`Progress::accepted`] were not acknowledged after
+    /// all (their sync failed).
+    pub(crate) fn accepted_not(&self, events: u32) {
+        let mut s = lock(&self.state);
+        s.backlog_events = s.backlog_events.saturating_sub(u64::from(events));
+    }
+
     /// The position of the oldest record not yet done.
     pub(crate) fn frontier(&self) -> Pos {
         let s = lock(&self.state);
@@ -327,6 +334,17 @@ impl Cache {
             }
             *bytes -= front.batch.retained_bytes();
             entries.pop_front();
+        }
+    }
+
+    /// Forgets the batch at `pos` (its record was not committed).
+    pub(crate) fn remove(&self, pos: Pos) {
+        let mut g = lock(&self.entries);
+        let (entries, bytes) = &mut *g;
+        if let Some(i) = entries.iter().position(|e| e.pos == pos)
+            && let Some(e) = entries.remove(i)
+        {
+            *bytes -= e.batch.retained_bytes();
         }
     }
 

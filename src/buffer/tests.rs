@@ -86,8 +86,15 @@ fn counter(metrics: &Metrics, name: &str) -> f64 {
 }
 
 /// Opens the buffer in `path` in a pipeline and returns the auditIDs the sink
-/// gets within `wait`, in order, marking each delivered.
-async fn drain(path: &Path, segment_bytes: u64, wait: Duration) -> (Vec<u64>, Metrics) {
+/// gets, in order, marking each delivered: until it has every one up to
+/// `last` (then a further 100 ms, for anything given twice), or for `wait`
+/// when `last` is `None` (or when they do not all come within 20 s).
+async fn drain_to(
+    path: &Path,
+    segment_bytes: u64,
+    last: Option<u64>,
+    wait: Duration,
+) -> (Vec<u64>, Metrics) {
     let metrics = Metrics::new();
     let buffer = open(path, segment_bytes, &metrics);
     let spec = QueueSpec {
@@ -99,9 +106,13 @@ async fn drain(path: &Path, segment_bytes: u64, wait: Duration) -> (Vec<u64>, Me
     let (pipeline, mut readers) =
         Pipeline::with_disk(&[spec], Duration::from_millis(10), &metrics, buffer.clone());
     let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
+    let start = tokio::time::Instant::now();
+    let mut deadline = start + last.map_or(wait, |_| Duration::from_secs(20));
     while let Ok(Some(d)) = tokio::time::timeout_at(deadline, readers[0].recv()).await {
         got.push(id_of(&d.batch));
+        if last.is_some_and(|l| got.last() == Some(&l)) {
+            deadline = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
+        }
     }
     pipeline.close();
     pipeline.count_undelivered("shutdown");
@@ -115,6 +126,11 @@ async fn drain(path: &Path, segment_bytes: u64, wait: Duration) -> (Vec<u64>, Me
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     (got, metrics)
+}
+
+/// [`drain_to`] for a fixed time.
+async fn drain(path: &Path, segment_bytes: u64, wait: Duration) -> (Vec<u64>, Metrics) {
+    drain_to(path, segment_bytes, None, wait).await
 }
 
 fn write_log(path: &Path, segment_bytes: u64, ids: std::ops::Range<u64>) {
@@ -137,7 +153,7 @@ async fn batches_survive_a_restart_and_are_not_given_twice_once_saved() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 4096, 0..40);
     assert!(wal_files(dir.path()).len() > 2, "several segments");
-    let (got, m) = drain(dir.path(), 4096, Duration::from_millis(500)).await;
+    let (got, m) = drain_to(dir.path(), 4096, Some(39), Duration::ZERO).await;
     assert_eq!(got, (0..40).collect::<Vec<_>>());
     assert_eq!(
         counter(&m, "audit_forwarder_buffer_replayed_events_total"),
@@ -196,7 +212,7 @@ async fn a_torn_last_record_is_cut_at_every_byte_and_the_rest_delivered() {
         &whole[..whole.len() - 1],
     )
     .unwrap();
-    let (got, _) = drain(dir.path(), 1 << 20, Duration::from_millis(300)).await;
+    let (got, _) = drain_to(dir.path(), 1 << 20, Some(3), Duration::ZERO).await;
     assert_eq!(got, vec![0, 1, 2, 3]);
 }
 
@@ -208,7 +224,7 @@ async fn survives(harm: impl Fn(&[PathBuf]), lost_at_most: usize) {
     let files = wal_files(dir.path());
     assert!(files.len() >= 4);
     harm(&files);
-    let (got, m) = drain(dir.path(), 4096, Duration::from_millis(800)).await;
+    let (got, m) = drain_to(dir.path(), 4096, Some(59), Duration::ZERO).await;
     let unique: BTreeSet<u64> = got.iter().copied().collect();
     assert_eq!(unique.len(), got.len(), "no duplicates");
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
@@ -369,7 +385,7 @@ async fn disk_full_and_a_failed_fsync_refuse_without_losing_what_was_acknowledge
         .collect();
     assert_eq!(errors, vec![1, 1]);
     drop(buffer);
-    let (got, m) = drain(dir.path(), 1 << 20, Duration::from_millis(500)).await;
+    let (got, m) = drain_to(dir.path(), 1 << 20, acked.last().copied(), Duration::ZERO).await;
     assert_eq!(
         got, acked,
         "the refused batches 100 and 200 are not delivered"
@@ -659,7 +675,14 @@ proptest! {
         sim.crash_into(after.path(), &mut rng);
         drop(buffer);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let (got, _) = rt.block_on(drain(after.path(), 2048, Duration::from_millis(150)));
+        // Every batch owed comes before the last of them, in log order.
+        let last_owed = acked.difference(&done).last().copied();
+        let (got, _) = rt.block_on(drain_to(
+            after.path(),
+            2048,
+            last_owed,
+            Duration::from_millis(100),
+        ));
         let got: BTreeSet<u64> = got.into_iter().collect();
         let owed: BTreeSet<u64> = acked.difference(&done).copied().collect();
         let missing: Vec<u64> = owed.difference(&got).copied().collect();
@@ -699,7 +722,7 @@ async fn a_stale_record_that_validates_on_its_own_breaks_the_chain_and_is_cut() 
     let mut spliced = a_bytes.clone();
     spliced.extend_from_slice(&b_bytes[first_three..]);
     std::fs::write(&wal_a, &spliced).unwrap();
-    let (got, m) = drain(a.path(), 1 << 20, Duration::from_millis(300)).await;
+    let (got, m) = drain_to(a.path(), 1 << 20, Some(2), Duration::ZERO).await;
     assert_eq!(got, vec![0, 1, 2]);
     assert_eq!(
         counter(&m, "audit_forwarder_buffer_corrupt_records_total"),
@@ -738,7 +761,7 @@ async fn large_records_written_in_parts_read_back_and_a_torn_one_is_cut() {
     let whole = std::fs::read(&wal).unwrap();
     // Tear the last record in its body, as a crash during its write would.
     std::fs::write(&wal, &whole[..whole.len() - 100_000]).unwrap();
-    let (got, m) = drain(dir.path(), 1 << 20, Duration::from_millis(300)).await;
+    let (got, m) = drain_to(dir.path(), 1 << 20, Some(1), Duration::ZERO).await;
     assert_eq!(got, vec![0, 1]);
     assert_eq!(
         counter(&m, "audit_forwarder_buffer_corrupt_records_total"),

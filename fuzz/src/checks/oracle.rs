@@ -221,24 +221,20 @@ pub(crate) fn members(text: &str) -> Vec<(String, bool, &RawValue)> {
             Ok(out)
         }
     }
-    /// serde_json lends a key straight from the text only when it has no escapes.
+    /// A key taken as its raw text, so that one holding a lone surrogate
+    /// escape (valid JSON, which serde_json will not decode into a string)
+    /// is read too: such an escape stands for U+FFFD here, as Go decodes
+    /// it. Plain means written without escapes.
     struct Key;
     impl<'de> DeserializeSeed<'de> for Key {
         type Value = (String, bool);
         fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_str(self)
-        }
-    }
-    impl<'de> Visitor<'de> for Key {
-        type Value = (String, bool);
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a key")
-        }
-        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-            Ok((v.to_owned(), true))
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok((v.to_owned(), false))
+            let raw = <&RawValue>::deserialize(d)?.get();
+            let plain = !raw.contains('\\');
+            let key = serde_json::from_str::<String>(raw).unwrap_or_else(|_| {
+                serde_json::from_str(&lone_surrogates_replaced(raw)).unwrap_or_default()
+            });
+            Ok((key, plain))
         }
     }
     let mut de = serde_json::Deserializer::from_str(text);
@@ -246,4 +242,49 @@ pub(crate) fn members(text: &str) -> Vec<(String, bool, &RawValue)> {
     (&mut de)
         .deserialize_map(Members)
         .expect("an object that serde_json already skipped over")
+}
+
+/// `text` with each `\\uD800`–`\\uDFFF` escape that is not part of a pair
+/// replaced by `\\uFFFD` (same length).
+fn lone_surrogates_replaced(text: &str) -> String {
+    let b = text.as_bytes();
+    let hex = |i: usize| -> Option<u16> {
+        let h = std::str::from_utf8(b.get(i..i + 4)?).ok()?;
+        u16::from_str_radix(h, 16).ok()
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1) == Some(&b'u') {
+            if let Some(u) = hex(i + 2) {
+                let high = (0xD800..0xDC00).contains(&u);
+                let paired = high
+                    && b.get(i + 6) == Some(&b'\\')
+                    && b.get(i + 7) == Some(&b'u')
+                    && hex(i + 8).is_some_and(|l| (0xDC00..0xE000).contains(&l));
+                if paired {
+                    out.push_str(&text[i..i + 12]);
+                    i += 12;
+                } else if (0xD800..0xE000).contains(&u) {
+                    out.push_str("\\ufffd");
+                    i += 6;
+                } else {
+                    out.push_str(&text[i..i + 6]);
+                    i += 6;
+                }
+                continue;
+            }
+        }
+        if b[i] == b'\\' {
+            // Any other escape: copied with the character after it.
+            let n = text[i + 1..].chars().next().map_or(0, char::len_utf8);
+            out.push_str(&text[i..i + 1 + n]);
+            i += 1 + n;
+            continue;
+        }
+        let n = text[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&text[i..i + n]);
+        i += n;
+    }
+    out
 }

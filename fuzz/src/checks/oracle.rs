@@ -255,25 +255,26 @@ fn lone_surrogates_replaced(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && b.get(i + 1) == Some(&b'u') {
-            if let Some(u) = hex(i + 2) {
-                let high = (0xD800..0xDC00).contains(&u);
-                let paired = high
-                    && b.get(i + 6) == Some(&b'\\')
-                    && b.get(i + 7) == Some(&b'u')
-                    && hex(i + 8).is_some_and(|l| (0xDC00..0xE000).contains(&l));
-                if paired {
-                    out.push_str(&text[i..i + 12]);
-                    i += 12;
-                } else if (0xD800..0xE000).contains(&u) {
-                    out.push_str("\\ufffd");
-                    i += 6;
-                } else {
-                    out.push_str(&text[i..i + 6]);
-                    i += 6;
-                }
-                continue;
+        if b[i] == b'\\'
+            && b.get(i + 1) == Some(&b'u')
+            && let Some(u) = hex(i + 2)
+        {
+            let high = (0xD800..0xDC00).contains(&u);
+            let paired = high
+                && b.get(i + 6) == Some(&b'\\')
+                && b.get(i + 7) == Some(&b'u')
+                && hex(i + 8).is_some_and(|l| (0xDC00..0xE000).contains(&l));
+            if paired {
+                out.push_str(&text[i..i + 12]);
+                i += 12;
+            } else if (0xD800..0xE000).contains(&u) {
+                out.push_str("\\ufffd");
+                i += 6;
+            } else {
+                out.push_str(&text[i..i + 6]);
+                i += 6;
             }
+            continue;
         }
         if b[i] == b'\\' {
             // Any other escape: copied with the character after it.

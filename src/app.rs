@@ -19,6 +19,7 @@ use crate::config::{BufferKind, Config, SinkConfig};
 use crate::decode::DecodeOptions;
 use crate::metrics::{Metrics, TlsMetrics};
 use crate::pipeline::{Pipeline, QueueSpec};
+use crate::process::{ProcessMetrics, Processor};
 use crate::server::{self, ServeOptions};
 use crate::sink::{BoxWriter, HttpSink, Sink, StdoutSink, TcpSink};
 use crate::source::Handler;
@@ -143,7 +144,22 @@ impl App {
         let tls_metrics = TlsMetrics::register(self.metrics.registry());
         let mut watchers = Vec::new();
         let mut sinks = Vec::new();
-        for (sink_cfg, reader) in cfg.sinks.iter().zip(readers) {
+        let process_metrics = ProcessMetrics::register(self.metrics.registry());
+        let state_dir = (cfg.buffer.kind == BufferKind::Disk).then_some(cfg.buffer.path.as_path());
+        for (sink_cfg, mut reader) in cfg.sinks.iter().zip(readers) {
+            let name = sink_cfg.name();
+            let processor =
+                Processor::build(name, sink_cfg.process(), state_dir, &process_metrics)
+                    .with_context(|| format!("sink {name}"))?;
+            if !processor.is_noop() {
+                let processor = Arc::new(processor);
+                watchers.extend(
+                    processor
+                        .watch(Duration::from_secs(60))
+                        .with_context(|| format!("sink {name}"))?,
+                );
+                reader.set_processor(processor);
+            }
             let sink = match sink_cfg {
                 SinkConfig::Stdout(_) => {
                     let writer = self.stdout.take().map_or_else(

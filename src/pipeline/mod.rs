@@ -229,7 +229,10 @@ impl Pipeline {
             .collect();
         let readers = queues
             .iter()
-            .map(|q| QueueReader { queue: q.clone() })
+            .map(|q| QueueReader {
+                queue: q.clone(),
+                processor: None,
+            })
             .collect();
         (
             Self {

@@ -1,0 +1,407 @@
+//! The Kubernetes audit `Policy` (`audit.k8s.io/v1`), read from the file
+//! kube-apiserver takes with `--audit-policy-file`, and its evaluation against
+//! one event.
+//!
+//! Semantics follow the API reference
+//! (<https://kubernetes.io/docs/reference/config-api/apiserver-audit.v1/#audit-k8s-io-v1-Policy>)
+//! and the "Auditing" task page: rules are checked in order and the first
+//! match decides the level; no match means `None`. In a rule an empty list
+//! matches everything; `resources` and `namespaces` match resource requests
+//! only (`namespaces: [""]` is cluster-scoped), `nonResourceURLs` non-resource
+//! requests only, with `*` alone or as a suffix. `omitStages` of the policy and
+//! of the rule are joined; `omitManagedFields` of the rule wins when set.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::view::View;
+
+/// An audit level, in increasing order of what it records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AuditLevel {
+    /// No event.
+    None,
+    /// User, verb, object reference, status; no bodies.
+    Metadata,
+    /// Also `requestObject`.
+    Request,
+    /// Also `responseObject`.
+    RequestResponse,
+}
+
+impl AuditLevel {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "None" => Self::None,
+            "Metadata" => Self::Metadata,
+            "Request" => Self::Request,
+            "RequestResponse" => Self::RequestResponse,
+            _ => return None,
+        })
+    }
+
+    /// The name used in events and policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "None",
+            Self::Metadata => "Metadata",
+            Self::Request => "Request",
+            Self::RequestResponse => "RequestResponse",
+        }
+    }
+}
+
+const STAGES: [&str; 4] = [
+    "RequestReceived",
+    "ResponseStarted",
+    "ResponseComplete",
+    "Panic",
+];
+
+fn stage_bit(s: &str) -> Option<u8> {
+    STAGES.iter().position(|x| *x == s).map(|i| 1 << i)
+}
+
+/// A policy file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("policy file {}: {key}: {message}", path.display())]
+pub struct PolicyError {
+    /// The file.
+    pub path: PathBuf,
+    /// Where in it: `rules[3].verbs`, `omitStages[0]`, or `.` for the file.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PolicyFile {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    rules: Vec<RuleFile>,
+    #[serde(default)]
+    omit_stages: Vec<String>,
+    #[serde(default)]
+    omit_managed_fields: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RuleFile {
+    level: String,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    user_groups: Vec<String>,
+    #[serde(default)]
+    verbs: Vec<String>,
+    #[serde(default)]
+    resources: Vec<GroupResources>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    #[serde(default, rename = "nonResourceURLs")]
+    non_resource_urls: Vec<String>,
+    #[serde(default)]
+    omit_stages: Vec<String>,
+    #[serde(default)]
+    omit_managed_fields: Option<bool>,
+}
+
+/// `GroupResources`: resources of one API group (`""` is the core group).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GroupResources {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    resources: Vec<String>,
+    #[serde(default)]
+    resource_names: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    level: AuditLevel,
+    users: Vec<String>,
+    user_groups: Vec<String>,
+    verbs: Vec<String>,
+    resources: Vec<GroupResources>,
+    namespaces: Vec<String>,
+    non_resource_urls: Vec<String>,
+    omit_stages: u8,
+    omit_managed_fields: bool,
+}
+
+/// A loaded policy.
+#[derive(Debug)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    omit_stages: u8,
+    omit_managed_fields: bool,
+}
+
+/// What the policy says of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The level the event may keep; [`AuditLevel::None`] drops it.
+    pub level: AuditLevel,
+    /// The index of the rule that matched; `None` when none did.
+    pub rule: Option<usize>,
+    /// Whether the event's stage is omitted (the event is dropped).
+    pub omit_stage: bool,
+    /// Whether `metadata.managedFields` is removed from the objects.
+    pub omit_managed_fields: bool,
+}
+
+impl Policy {
+    /// Reads and checks the policy file at `path` (YAML or JSON).
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError`] naming the file, and the rule index and key at fault.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let fail = |key: &str, message: String| PolicyError {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(".", e.to_string()))?;
+        Self::parse(&text).map_err(|(key, message)| fail(&key, message))
+    }
+
+    /// Parses and checks a policy document; errors are `(key, message)`.
+    pub(crate) fn parse(text: &str) -> Result<Self, (String, String)> {
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Yaml))
+            .build()
+            .map_err(|e| (".".to_owned(), e.to_string()))?;
+        let file: PolicyFile = serde_path_to_error::deserialize(built).map_err(|e| {
+            let key = e.path().to_string();
+            let mut message = e.into_inner().to_string();
+            // The config crate appends where it was; the key says it already.
+            if let Some(at) = message.rfind(" for key `").filter(|_| message.ends_with('`')) {
+                message.truncate(at);
+            }
+            (key, message)
+        })?;
+        Self::check(file)
+    }
+
+    fn check(file: PolicyFile) -> Result<Self, (String, String)> {
+        let err = |key: String, msg: &str| Err((key, msg.to_owned()));
+        if let Some(v) = &file.api_version {
+            if v != "audit.k8s.io/v1" {
+                return err("apiVersion".into(), "must be audit.k8s.io/v1");
+            }
+        }
+        if let Some(k) = &file.kind {
+            if k != "Policy" {
+                return err("kind".into(), "must be Policy");
+            }
+        }
+        let omit_stages = stages(&file.omit_stages, "omitStages")?;
+        let mut rules = Vec::with_capacity(file.rules.len());
+        for (i, r) in file.rules.into_iter().enumerate() {
+            let key = |k: &str| format!("rules[{i}].{k}");
+            let Some(level) = AuditLevel::parse(&r.level) else {
+                return err(
+                    key("level"),
+                    "must be None, Metadata, Request or RequestResponse",
+                );
+            };
+            if !r.non_resource_urls.is_empty() && (!r.resources.is_empty() || !r.namespaces.is_empty()) {
+                return err(
+                    key("nonResourceURLs"),
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                );
+            }
+            for (j, u) in r.non_resource_urls.iter().enumerate() {
+                let bad = u != "*" && (!u.starts_with('/') || u.trim_end_matches('*').contains('*'));
+                if bad {
+                    return err(
+                        key(&format!("nonResourceURLs[{j}]")),
+                        "must be `*` or start with `/`, with `*` only at the end",
+                    );
+                }
+            }
+            for (j, g) in r.resources.iter().enumerate() {
+                if g.group.contains('/') {
+                    return err(key(&format!("resources[{j}].group")), "must not contain `/`");
+                }
+                if !g.resource_names.is_empty() && g.resources.is_empty() {
+                    return err(
+                        key(&format!("resources[{j}].resourceNames")),
+                        "using resourceNames requires at least one resource",
+                    );
+                }
+            }
+            let own = stages(&r.omit_stages, &key("omitStages"))?;
+            rules.push(Rule {
+                level,
+                users: r.users,
+                user_groups: r.user_groups,
+                verbs: r.verbs,
+                resources: r.resources,
+                namespaces: r.namespaces,
+                non_resource_urls: r.non_resource_urls,
+                omit_stages: omit_stages | own,
+                omit_managed_fields: r.omit_managed_fields.unwrap_or(file.omit_managed_fields),
+            });
+        }
+        Ok(Self {
+            rules,
+            omit_stages,
+            omit_managed_fields: file.omit_managed_fields,
+        })
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether the policy has no rules (it then drops every event).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Evaluates the policy for the event `v`.
+    pub(crate) fn decide(&self, v: &View<'_>) -> Decision {
+        let attrs = Attrs::of(v);
+        let stage = v.stage();
+        let stage_bit = stage.as_deref().and_then(stage_bit).unwrap_or(0);
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.matches(&attrs) {
+                return Decision {
+                    level: r.level,
+                    rule: Some(i),
+                    omit_stage: r.omit_stages & stage_bit != 0,
+                    omit_managed_fields: r.omit_managed_fields,
+                };
+            }
+        }
+        Decision {
+            level: AuditLevel::None,
+            rule: None,
+            omit_stage: self.omit_stages & stage_bit != 0,
+            omit_managed_fields: self.omit_managed_fields,
+        }
+    }
+}
+
+fn stages(list: &[String], key: &str) -> Result<u8, (String, String)> {
+    list.iter().enumerate().try_fold(0, |acc, (i, s)| {
+        stage_bit(s).map(|b| acc | b).ok_or_else(|| {
+            (
+                format!("{key}[{i}]"),
+                format!("unknown stage {s:?}, expected one of {}", STAGES.join(", ")),
+            )
+        })
+    })
+}
+
+/// The request attributes of one event, as the API server's policy checker
+/// sees them.
+struct Attrs<'a> {
+    user: Option<std::borrow::Cow<'a, str>>,
+    groups: Vec<std::borrow::Cow<'a, str>>,
+    verb: std::borrow::Cow<'a, str>,
+    object: Option<super::view::ObjectRef<'a>>,
+    path: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> Attrs<'a> {
+    fn of(v: &View<'a>) -> Self {
+        Self {
+            user: v.username(),
+            groups: v.groups(),
+            verb: v.verb(),
+            object: v.object_ref(),
+            path: v.path(),
+        }
+    }
+}
+
+fn has(list: &[String], s: &str) -> bool {
+    list.iter().any(|x| x == s)
+}
+
+impl Rule {
+    fn matches(&self, a: &Attrs<'_>) -> bool {
+        if !self.users.is_empty() && !a.user.as_deref().is_some_and(|u| has(&self.users, u)) {
+            return false;
+        }
+        if !self.user_groups.is_empty() && !a.groups.iter().any(|g| has(&self.user_groups, g)) {
+            return false;
+        }
+        if !self.verbs.is_empty() && !has(&self.verbs, &a.verb) {
+            return false;
+        }
+        if !self.namespaces.is_empty() || !self.resources.is_empty() {
+            return self.matches_resource(a);
+        }
+        if !self.non_resource_urls.is_empty() {
+            return a.object.is_none()
+                && self
+                    .non_resource_urls
+                    .iter()
+                    .any(|spec| path_matches(&a.path, spec));
+        }
+        true
+    }
+
+    fn matches_resource(&self, a: &Attrs<'_>) -> bool {
+        let Some(o) = &a.object else {
+            return false;
+        };
+        if !self.namespaces.is_empty() && !has(&self.namespaces, &o.namespace) {
+            return false;
+        }
+        if self.resources.is_empty() {
+            return true;
+        }
+        let combined = match o.subresource.is_empty() {
+            true => o.resource.to_string(),
+            false => format!("{}/{}", o.resource, o.subresource),
+        };
+        self.resources
+            .iter()
+            .filter(|g| g.group == o.api_group)
+            .any(|g| {
+                if g.resources.is_empty() {
+                    return true;
+                }
+                if !g.resource_names.is_empty() && !has(&g.resource_names, &o.name) {
+                    return false;
+                }
+                g.resources.iter().any(|res| {
+                    res == &combined
+                        || res == "*"
+                        || (!o.subresource.is_empty()
+                            && res.strip_prefix("*/") == Some(&*o.subresource))
+                        || res.strip_suffix("/*") == Some(&*o.resource)
+                })
+            })
+    }
+}
+
+/// `nonResourceURLs` matching: `*` matches all, else exact, else a spec
+/// ending in `*` matches paths starting with what precedes it.
+fn path_matches(path: &str, spec: &str) -> bool {
+    spec == "*"
+        || spec == path
+        || spec
+            .strip_suffix('*')
+            .is_some_and(|p| path.starts_with(p.trim_end_matches('*')))
+}
+
+#[cfg(test)]
+mod tests;

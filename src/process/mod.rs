@@ -164,6 +164,21 @@ impl Processor {
         })
     }
 
+    /// The processing of `cfg` with `policy` in place of its policy file.
+    #[cfg(test)]
+    pub(crate) fn with_policy(cfg: &ProcessConfig, policy: Option<Policy>) -> Self {
+        let metrics = ProcessMetrics::register(&prometheus::Registry::new());
+        let mut p = Self::build("test", cfg, None, &metrics).expect("no policy file");
+        p.policy = policy.map(|policy| {
+            Arc::new(PolicySource {
+                path: PathBuf::new(),
+                current: ArcSwap::from_pointee(policy),
+                text: Mutex::new(String::new()),
+            })
+        });
+        p
+    }
+
     /// Whether this never changes a batch.
     pub fn is_noop(&self) -> bool {
         self.policy.is_none()

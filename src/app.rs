@@ -148,9 +148,8 @@ impl App {
         let state_dir = (cfg.buffer.kind == BufferKind::Disk).then_some(cfg.buffer.path.as_path());
         for (sink_cfg, mut reader) in cfg.sinks.iter().zip(readers) {
             let name = sink_cfg.name();
-            let processor =
-                Processor::build(name, sink_cfg.process(), state_dir, &process_metrics)
-                    .with_context(|| format!("sink {name}"))?;
+            let processor = Processor::build(name, sink_cfg.process(), state_dir, &process_metrics)
+                .with_context(|| format!("sink {name}"))?;
             if !processor.is_noop() {
                 let processor = Arc::new(processor);
                 watchers.extend(

@@ -96,7 +96,8 @@ pub const BUFFER_REPLAYED_EVENTS_TOTAL: &str = "audit_forwarder_buffer_replayed_
 /// Counter `{sink, rule, reason}`: events a sink's audit policy dropped, by
 /// the index of the rule that matched (`none` when no rule did) and reason
 /// (`level_none`, `omit_stage`).
-pub const PROCESS_POLICY_DROPPED_TOTAL: &str = "audit_forwarder_process_policy_dropped_events_total";
+pub const PROCESS_POLICY_DROPPED_TOTAL: &str =
+    "audit_forwarder_process_policy_dropped_events_total";
 /// Counter `{sink}`: events whose level a sink's audit policy lowered.
 pub const PROCESS_LEVELS_LOWERED_TOTAL: &str = "audit_forwarder_process_levels_lowered_total";
 /// Counter `{sink}`: values a sink replaced with `"[REDACTED]"`.

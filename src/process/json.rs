@@ -180,7 +180,9 @@ pub(crate) fn str_at(b: &[u8], r: Range<usize>) -> Option<Cow<'_, str>> {
     if !inner.contains(&b'\\') {
         return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
     }
-    serde_json::from_slice::<String>(quoted).ok().map(Cow::Owned)
+    serde_json::from_slice::<String>(quoted)
+        .ok()
+        .map(Cow::Owned)
 }
 
 /// A replacement of a byte range (an insertion when the range is empty).
@@ -194,7 +196,13 @@ pub(crate) struct Edit {
 /// `from..to`; they are applied in order of position, and one that overlaps an
 /// earlier one (a redaction inside a value already replaced whole) is
 /// skipped. Returns how many were applied.
-pub(crate) fn splice(b: &[u8], from: usize, to: usize, edits: &mut [Edit], out: &mut Vec<u8>) -> usize {
+pub(crate) fn splice(
+    b: &[u8],
+    from: usize,
+    to: usize,
+    edits: &mut [Edit],
+    out: &mut Vec<u8>,
+) -> usize {
     edits.sort_by(|x, y| {
         x.range
             .start
@@ -244,7 +252,14 @@ mod tests {
 
     #[test]
     fn malformed_text_ends_the_walk_without_panicking() {
-        for b in [&b"{\"a\""[..], b"{\"a\":", b"{\"a\":\"x", b"[1,", b"{", b"\"\\"] {
+        for b in [
+            &b"{\"a\""[..],
+            b"{\"a\":",
+            b"{\"a\":\"x",
+            b"[1,",
+            b"{",
+            b"\"\\",
+        ] {
             let _ = members(b, 0..b.len()).count();
             let _ = elements(b, 0..b.len());
             let _ = value_end(b, 0);
@@ -255,8 +270,14 @@ mod tests {
     fn overlapping_edits_keep_the_outer_one() {
         let b = br#"{"a":{"b":1}}"#;
         let mut edits = vec![
-            Edit { range: 10..11, with: b"2".to_vec() },
-            Edit { range: 5..12, with: b"0".to_vec() },
+            Edit {
+                range: 10..11,
+                with: b"2".to_vec(),
+            },
+            Edit {
+                range: 5..12,
+                with: b"0".to_vec(),
+            },
         ];
         let mut out = Vec::new();
         assert_eq!(splice(b, 0, b.len(), &mut edits, &mut out), 1);

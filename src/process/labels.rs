@@ -55,7 +55,12 @@ impl Labels {
     /// Adds to `edits` (or to `append`, a new top-level member) what sets
     /// `labels` on event `v`; returns how many labels it sets. A label that
     /// already has its value costs nothing.
-    pub(crate) fn edits(v: &View<'_>, labels: &Resolved, edits: &mut Vec<Edit>, append: &mut Vec<u8>) -> usize {
+    pub(crate) fn edits(
+        v: &View<'_>,
+        labels: &Resolved,
+        edits: &mut Vec<Edit>,
+        append: &mut Vec<u8>,
+    ) -> usize {
         if labels.is_empty() {
             return 0;
         }
@@ -151,9 +156,19 @@ mod tests {
         );
         let (out, n) = run(r#"{"a":1}"#, &l, "/post/eu-1?timeout=30s");
         assert_eq!(n, 2);
-        assert_eq!(out, r#"{"a":1,"annotations":{"example.com/cluster":"prod","example.com/source":"eu-1"}}"#);
-        let (out, _) = run(r#"{"annotations":{"x":"y","example.com/cluster":"old"},"b":2}"#, &l, "/other");
-        assert_eq!(out, r#"{"annotations":{"x":"y","example.com/cluster":"prod"},"b":2}"#);
+        assert_eq!(
+            out,
+            r#"{"a":1,"annotations":{"example.com/cluster":"prod","example.com/source":"eu-1"}}"#
+        );
+        let (out, _) = run(
+            r#"{"annotations":{"x":"y","example.com/cluster":"old"},"b":2}"#,
+            &l,
+            "/other",
+        );
+        assert_eq!(
+            out,
+            r#"{"annotations":{"x":"y","example.com/cluster":"prod"},"b":2}"#
+        );
         let (out, _) = run(r#"{"annotations":{}}"#, &l, "/post/");
         assert_eq!(out, r#"{"annotations":{"example.com/cluster":"prod"}}"#);
         let same = r#"{"annotations":{"example.com/cluster":"prod"}}"#;

@@ -260,18 +260,23 @@ impl Processor {
             .map(|w| w.lock().unwrap_or_else(|p| p.into_inner()));
         let mut fates = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
-            let fate = self.event(&e.raw, policy.as_deref(), &labels, &mut counts, &mut |k| {
-                match window.as_mut() {
-                    None => true,
-                    Some(w) => {
-                        let fresh = w.insert(k);
-                        if fresh {
-                            keys.push(k);
+            let fate =
+                self.event(
+                    &e.raw,
+                    policy.as_deref(),
+                    &labels,
+                    &mut counts,
+                    &mut |k| match window.as_mut() {
+                        None => true,
+                        Some(w) => {
+                            let fresh = w.insert(k);
+                            if fresh {
+                                keys.push(k);
+                            }
+                            fresh
                         }
-                        fresh
-                    }
-                }
-            });
+                    },
+                );
             fates.push(fate);
         }
         drop(window);
@@ -331,25 +336,25 @@ impl Processor {
                 "RequestResponse" => Some(AuditLevel::RequestResponse),
                 _ => None,
             });
-            if let (Some(have), Some(r)) = (have, v.level_range()) {
-                if d.level < have {
-                    counts.lowered += 1;
-                    edits.push(Edit {
-                        range: r,
-                        with: json::quote(d.level.as_str()),
-                    });
-                    removed.extend(v.response_object);
-                    if d.level == AuditLevel::Metadata {
-                        removed.extend(v.request_object);
-                    }
+            if let (Some(have), Some(r)) = (have, v.level_range())
+                && d.level < have
+            {
+                counts.lowered += 1;
+                edits.push(Edit {
+                    range: r,
+                    with: json::quote(d.level.as_str()),
+                });
+                removed.extend(v.response_object);
+                if d.level == AuditLevel::Metadata {
+                    removed.extend(v.request_object);
                 }
             }
             if d.omit_managed_fields {
                 for i in [v.request_object, v.response_object].into_iter().flatten() {
-                    if !removed.contains(&i) {
-                        if let Some(r) = v.value(Some(i)) {
-                            managed_fields(raw, r, &mut edits);
-                        }
+                    if !removed.contains(&i)
+                        && let Some(r) = v.value(Some(i))
+                    {
+                        managed_fields(raw, r, &mut edits);
                     }
                 }
             }
@@ -376,13 +381,13 @@ impl Processor {
 /// each item of a list.
 fn managed_fields(b: &[u8], r: std::ops::Range<usize>, edits: &mut Vec<Edit>) {
     let mut one = |obj: std::ops::Range<usize>| {
-        if let Some(meta) = json::get(b, obj, b"metadata") {
-            if let Some(range) = member_removal(b, meta, b"managedFields") {
-                edits.push(Edit {
-                    range,
-                    with: Vec::new(),
-                });
-            }
+        if let Some(meta) = json::get(b, obj, b"metadata")
+            && let Some(range) = member_removal(b, meta, b"managedFields")
+        {
+            edits.push(Edit {
+                range,
+                with: Vec::new(),
+            });
         }
     };
     if let Some(items) = json::get(b, r.clone(), b"items") {
@@ -395,14 +400,20 @@ fn managed_fields(b: &[u8], r: std::ops::Range<usize>, edits: &mut Vec<Edit>) {
 
 /// The range whose removal takes member `name` out of the object at `obj`,
 /// with one of the commas beside it.
-fn member_removal(b: &[u8], obj: std::ops::Range<usize>, name: &[u8]) -> Option<std::ops::Range<usize>> {
+fn member_removal(
+    b: &[u8],
+    obj: std::ops::Range<usize>,
+    name: &[u8],
+) -> Option<std::ops::Range<usize>> {
     let all: Vec<_> = json::members(b, obj).collect();
     let i = all.iter().position(|m| m.is(b, name))?;
-    Some(match (i.checked_sub(1).and_then(|p| all.get(p)), all.get(i + 1)) {
-        (Some(prev), _) => prev.value.end..all[i].value.end,
-        (None, Some(next)) => all[i].start..next.start,
-        (None, None) => all[i].start..all[i].value.end,
-    })
+    Some(
+        match (i.checked_sub(1).and_then(|p| all.get(p)), all.get(i + 1)) {
+            (Some(prev), _) => prev.value.end..all[i].value.end,
+            (None, Some(next)) => all[i].start..next.start,
+            (None, None) => all[i].start..all[i].value.end,
+        },
+    )
 }
 
 /// The event `v` without the top-level members `removed`, with `edits`
@@ -439,7 +450,8 @@ fn write(v: &View<'_>, removed: &[usize], edits: &mut [Edit], append: &[u8]) -> 
 
 /// The batch of the events `fates` keep, its body a re-built `EventList`.
 fn rebuild(batch: &Batch, fates: Vec<Fate>) -> Batch {
-    const HEAD: &[u8] = br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":["#;
+    const HEAD: &[u8] =
+        br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":["#;
     let mut body = BytesMut::with_capacity(batch.body.len() + 64);
     body.extend_from_slice(HEAD);
     let mut places = Vec::with_capacity(fates.len());

@@ -187,7 +187,10 @@ impl Policy {
             let key = e.path().to_string();
             let mut message = e.into_inner().to_string();
             // The config crate appends where it was; the key says it already.
-            if let Some(at) = message.rfind(" for key `").filter(|_| message.ends_with('`')) {
+            if let Some(at) = message
+                .rfind(" for key `")
+                .filter(|_| message.ends_with('`'))
+            {
                 message.truncate(at);
             }
             (key, message)
@@ -197,15 +200,15 @@ impl Policy {
 
     fn check(file: PolicyFile) -> Result<Self, (String, String)> {
         let err = |key: String, msg: &str| Err((key, msg.to_owned()));
-        if let Some(v) = &file.api_version {
-            if v != "audit.k8s.io/v1" {
-                return err("apiVersion".into(), "must be audit.k8s.io/v1");
-            }
+        if file
+            .api_version
+            .as_ref()
+            .is_some_and(|v| v != "audit.k8s.io/v1")
+        {
+            return err("apiVersion".into(), "must be audit.k8s.io/v1");
         }
-        if let Some(k) = &file.kind {
-            if k != "Policy" {
-                return err("kind".into(), "must be Policy");
-            }
+        if file.kind.as_ref().is_some_and(|k| k != "Policy") {
+            return err("kind".into(), "must be Policy");
         }
         let omit_stages = stages(&file.omit_stages, "omitStages")?;
         let mut rules = Vec::with_capacity(file.rules.len());
@@ -217,14 +220,17 @@ impl Policy {
                     "must be None, Metadata, Request or RequestResponse",
                 );
             };
-            if !r.non_resource_urls.is_empty() && (!r.resources.is_empty() || !r.namespaces.is_empty()) {
+            if !r.non_resource_urls.is_empty()
+                && (!r.resources.is_empty() || !r.namespaces.is_empty())
+            {
                 return err(
                     key("nonResourceURLs"),
                     "rules cannot apply to both regular resources and non-resource URLs",
                 );
             }
             for (j, u) in r.non_resource_urls.iter().enumerate() {
-                let bad = u != "*" && (!u.starts_with('/') || u.trim_end_matches('*').contains('*'));
+                let bad =
+                    u != "*" && (!u.starts_with('/') || u.trim_end_matches('*').contains('*'));
                 if bad {
                     return err(
                         key(&format!("nonResourceURLs[{j}]")),
@@ -234,7 +240,10 @@ impl Policy {
             }
             for (j, g) in r.resources.iter().enumerate() {
                 if g.group.contains('/') {
-                    return err(key(&format!("resources[{j}].group")), "must not contain `/`");
+                    return err(
+                        key(&format!("resources[{j}].group")),
+                        "must not contain `/`",
+                    );
                 }
                 if !g.resource_names.is_empty() && g.resources.is_empty() {
                     return err(

@@ -71,7 +71,12 @@ impl Redactor {
 
     /// Adds to `out` the edits that redact event `v`, looking only at the
     /// top-level members `kept` allows; returns how many values they redact.
-    pub(crate) fn edits(&self, v: &View<'_>, kept: impl Fn(usize) -> bool, out: &mut Vec<Edit>) -> usize {
+    pub(crate) fn edits(
+        &self,
+        v: &View<'_>,
+        kept: impl Fn(usize) -> bool,
+        out: &mut Vec<Edit>,
+    ) -> usize {
         let b = v.raw;
         let mut n = 0;
         if self.secrets {
@@ -85,7 +90,9 @@ impl Redactor {
         for path in &self.paths {
             for (i, m) in v.top.iter().enumerate() {
                 let first = &path[0];
-                if kept(i) && matches!(first, Step::Any) || matches!(first, Step::Key(k) if m.is(b, k) && kept(i)) {
+                if kept(i) && matches!(first, Step::Any)
+                    || matches!(first, Step::Key(k) if m.is(b, k) && kept(i))
+                {
                     n += at_path(b, m.value.clone(), &path[1..], out);
                 }
             }
@@ -207,10 +214,7 @@ fn at_path(b: &[u8], r: std::ops::Range<usize>, rest: &[Step], out: &mut Vec<Edi
         (Some(b'['), Step::Any) => json::elements(b, r),
         _ => Vec::new(),
     };
-    children
-        .into_iter()
-        .map(|c| at_path(b, c, rest, out))
-        .sum()
+    children.into_iter().map(|c| at_path(b, c, rest, out)).sum()
 }
 
 #[cfg(test)]
@@ -240,7 +244,10 @@ mod tests {
         assert!(!out.contains("c2VjcmV0") && !out.contains("plain"), "{out}");
         assert_eq!(n, 4);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["responseObject"]["stringData"]["b"], serde_json::Value::Null);
+        assert_eq!(
+            v["responseObject"]["stringData"]["b"],
+            serde_json::Value::Null
+        );
         assert_eq!(v["responseObject"]["data"]["pw"], "[REDACTED]");
         let inner = v["requestObject"]["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
             .as_str()
@@ -261,6 +268,12 @@ mod tests {
         let cm = r#"{"objectRef":{"resource":"configmaps"},"requestObject":{"data":{"k":"v"}}}"#;
         assert_eq!(run(cm, &Redactor::new(true, &[])), (cm.to_owned(), 0));
         let (out, n) = run(cm, &Redactor::new(false, &["requestObject.data.*".into()]));
-        assert_eq!((n, out.as_str()), (1, r#"{"objectRef":{"resource":"configmaps"},"requestObject":{"data":{"k":"[REDACTED]"}}}"#));
+        assert_eq!(
+            (n, out.as_str()),
+            (
+                1,
+                r#"{"objectRef":{"resource":"configmaps"},"requestObject":{"data":{"k":"[REDACTED]"}}}"#
+            )
+        );
     }
 }

@@ -56,7 +56,10 @@ const FULL: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Re
 
 #[test]
 fn an_untouched_batch_is_the_same_batch() {
-    let p = Processor::with_policy(&ProcessConfig::default(), Some(Policy::parse("rules: [{level: RequestResponse}]").unwrap()));
+    let p = Processor::with_policy(
+        &ProcessConfig::default(),
+        Some(Policy::parse("rules: [{level: RequestResponse}]").unwrap()),
+    );
     let b = batch(&[FULL.to_owned(), FULL.replace("id-1", "id-2")], "/post");
     assert!(run(&p, &b).is_none());
 }
@@ -69,20 +72,28 @@ fn lowering_the_level_removes_bodies_and_keeps_every_other_byte() {
     let want = FULL
         .replace(r#""level":"RequestResponse""#, r#""level":"Metadata""#)
         .replace(
-            &FULL[FULL.find(r#","requestObject""#).unwrap()..FULL.find(r#","requestReceivedTimestamp""#).unwrap()],
+            &FULL[FULL.find(r#","requestObject""#).unwrap()
+                ..FULL.find(r#","requestReceivedTimestamp""#).unwrap()],
             "",
         );
     assert_eq!(out, [want]);
     let policy = Policy::parse("rules: [{level: Request, omitManagedFields: true}]").unwrap();
     let p = Processor::with_policy(&no_redaction(), Some(policy));
     let out = run(&p, &batch(&[FULL.to_owned()], "/")).expect("changed");
-    assert!(out[0].contains(r#""requestObject":{"kind":"Pod","metadata":{"name":"p","labels":{"a":"\u00e9"}}}"#), "{}", out[0]);
+    assert!(
+        out[0].contains(
+            r#""requestObject":{"kind":"Pod","metadata":{"name":"p","labels":{"a":"\u00e9"}}}"#
+        ),
+        "{}",
+        out[0]
+    );
     assert!(!out[0].contains("responseObject") && !out[0].contains("managedFields"));
 }
 
 #[test]
 fn dropped_events_leave_their_neighbours_byte_identical() {
-    let policy = Policy::parse("rules: [{level: None, users: [bob]}, {level: RequestResponse}]").unwrap();
+    let policy =
+        Policy::parse("rules: [{level: None, users: [bob]}, {level: RequestResponse}]").unwrap();
     let p = Processor::with_policy(&no_redaction(), Some(policy));
     let bob = FULL.replace("alice", "bob").replace("id-1", "id-b");
     let out = run(&p, &batch(&[bob, FULL.to_owned()], "/")).expect("changed");
@@ -92,7 +103,8 @@ fn dropped_events_leave_their_neighbours_byte_identical() {
 #[test]
 fn labels_and_dedup() {
     let mut cfg = no_redaction();
-    cfg.labels.insert("example.com/cluster".into(), "prod".into());
+    cfg.labels
+        .insert("example.com/cluster".into(), "prod".into());
     cfg.dedup.enabled = true;
     let p = Processor::with_policy(&cfg, None);
     let b = batch(&[FULL.to_owned()], "/");
@@ -124,8 +136,12 @@ fn any_event() -> impl Strategy<Value = Value> {
     ));
     let body = prop_oneof![
         Just(Value::Null),
-        Just(json!({"kind": "X", "metadata": {"managedFields": [{"m": 1}], "name": "n"}, "n": 1.0e5})),
-        Just(json!({"items": [{"metadata": {"name": "x", "managedFields": []}}], "s": "\u{e9}\"\\"})),
+        Just(
+            json!({"kind": "X", "metadata": {"managedFields": [{"m": 1}], "name": "n"}, "n": 1.0e5})
+        ),
+        Just(
+            json!({"items": [{"metadata": {"name": "x", "managedFields": []}}], "s": "\u{e9}\"\\"})
+        ),
         Just(json!({"kind": "Secret", "data": {"k": "dg=="}})),
     ];
     (
@@ -185,8 +201,14 @@ fn any_policy() -> impl Strategy<Value = String> {
             }
             r
         });
-    (prop::collection::vec(rule, 0..5), any::<bool>(), list(&["ResponseStarted"]))
-        .prop_map(|(rules, mf, omit)| json!({"rules": rules, "omitManagedFields": mf, "omitStages": omit}).to_string())
+    (
+        prop::collection::vec(rule, 0..5),
+        any::<bool>(),
+        list(&["ResponseStarted"]),
+    )
+        .prop_map(|(rules, mf, omit)| {
+            json!({"rules": rules, "omitManagedFields": mf, "omitStages": omit}).to_string()
+        })
 }
 
 fn rank(level: &str) -> AuditLevel {

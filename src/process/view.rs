@@ -84,9 +84,7 @@ impl<'a> View<'a> {
 
     /// The value range of the member at `index`.
     pub(crate) fn value(&self, index: Option<usize>) -> Option<Range<usize>> {
-        index
-            .and_then(|i| self.top.get(i))
-            .map(|m| m.value.clone())
+        index.and_then(|i| self.top.get(i)).map(|m| m.value.clone())
     }
 
     fn text(&self, index: Option<usize>) -> Option<Cow<'a, str>> {

@@ -16,7 +16,7 @@ use super::error::{RequestError, json_response};
 use crate::config::HttpSourceConfig;
 use crate::decode::{DecodeOptions, Decoded};
 use crate::metrics::Metrics;
-use crate::pipeline::{Batch, Pipeline};
+use crate::pipeline::{Batch, Origin, Pipeline};
 
 /// Bodies larger than this are decompressed and decoded on the blocking pool,
 /// so that they do not hold up other connections on the same worker.
@@ -105,6 +105,10 @@ impl Handler {
             return Err(RequestError::NotFound(path.to_owned()));
         }
         let gzip = content_encoding_is_gzip(req.headers())?;
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or_else(String::new, |p| p.as_str().to_owned());
         check_content_type(req.headers())?;
         let declared = req
             .headers()
@@ -141,8 +145,12 @@ impl Handler {
         let dropped_ids = dropped_ids(&body, &decoded);
         let truncated = decoded.truncated as u64;
         let events = decoded.events.len();
+        let origin = Origin {
+            path_and_query,
+            gzip_wire: gzip.then(|| wire.clone()),
+        };
         self.pipeline
-            .admit(Batch::new(body, decoded.events))
+            .admit(Batch::with_origin(body, decoded.events, origin))
             .await?;
         // Counted only once the request is accepted: a refused request is
         // re-sent by the API server and would be counted again.

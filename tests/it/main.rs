@@ -14,6 +14,7 @@ mod http_edge;
 mod interop;
 mod monitoring;
 mod pki;
+mod process;
 mod prometheus;
 mod sinks;
 mod tls;

@@ -27,12 +27,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::config::ProcessConfig;
-use crate::decode::{Event, EventMeta, Level, Span, Stage};
+use crate::decode::{Event, EventMeta, Level};
 use crate::pipeline::Batch;
 pub use metrics::{ProcessMetrics, SinkProcessMetrics};
+use policy::Attrs;
 pub use policy::{AuditLevel, Policy, PolicyError};
 pub use redact::REDACTED;
 
@@ -260,23 +261,23 @@ impl Processor {
             .map(|w| w.lock().unwrap_or_else(|p| p.into_inner()));
         let mut fates = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
-            let fate =
-                self.event(
-                    &e.raw,
-                    policy.as_deref(),
-                    &labels,
-                    &mut counts,
-                    &mut |k| match window.as_mut() {
-                        None => true,
-                        Some(w) => {
-                            let fresh = w.insert(k);
-                            if fresh {
-                                keys.push(k);
-                            }
-                            fresh
+            let fate = self.event(
+                e,
+                &batch.body,
+                policy.as_deref(),
+                &labels,
+                &mut counts,
+                &mut |k| match window.as_mut() {
+                    None => true,
+                    Some(w) => {
+                        let fresh = w.insert(k);
+                        if fresh {
+                            keys.push(k);
                         }
-                    },
-                );
+                        fresh
+                    }
+                },
+            );
             fates.push(fate);
         }
         drop(window);
@@ -309,19 +310,25 @@ impl Processor {
 
     fn event(
         &self,
-        raw: &[u8],
+        e: &Event,
+        body: &[u8],
         policy: Option<&Policy>,
         labels: &labels::Resolved,
         counts: &mut Counts,
         fresh: &mut dyn FnMut(u64) -> bool,
     ) -> Fate {
-        let Some(v) = View::new(raw) else {
-            return Fate::Keep;
+        let m = &e.meta;
+        // Decided from the routing fields the decoder found, so that an event
+        // nothing changes is never scanned again.
+        let secrets = self.redactor.secrets() && m.has_bodies;
+        let attrs = (policy.is_some() || secrets).then(|| Attrs::of_meta(m, body));
+        let decision = match (policy, &attrs) {
+            (Some(p), Some(a)) => Some(p.decide_at(a, m.stage)),
+            _ => None,
         };
-        let mut removed: Vec<usize> = Vec::new();
-        let mut edits: Vec<Edit> = Vec::new();
-        if let Some(p) = policy {
-            let d = p.decide(&v);
+        let mut lower = None;
+        let mut omit_managed_fields = false;
+        if let Some(d) = decision {
             if d.level == AuditLevel::None {
                 counts.drop_by(d.rule, "level_none");
                 return Fate::Drop;
@@ -330,44 +337,60 @@ impl Processor {
                 counts.drop_by(d.rule, "omit_stage");
                 return Fate::Drop;
             }
-            let have = v.level().as_deref().and_then(|l| match l {
-                "Metadata" => Some(AuditLevel::Metadata),
-                "Request" => Some(AuditLevel::Request),
-                "RequestResponse" => Some(AuditLevel::RequestResponse),
+            let have = match m.level {
+                Some(Level::Metadata) => Some(AuditLevel::Metadata),
+                Some(Level::Request) => Some(AuditLevel::Request),
+                Some(Level::RequestResponse) => Some(AuditLevel::RequestResponse),
                 _ => None,
-            });
-            if let (Some(have), Some(r)) = (have, v.level_range())
-                && d.level < have
-            {
-                counts.lowered += 1;
-                edits.push(Edit {
-                    range: r,
-                    with: json::quote(d.level.as_str()),
-                });
-                removed.extend(v.response_object);
-                if d.level == AuditLevel::Metadata {
-                    removed.extend(v.request_object);
-                }
-            }
-            if d.omit_managed_fields {
-                for i in [v.request_object, v.response_object].into_iter().flatten() {
-                    if !removed.contains(&i)
-                        && let Some(r) = v.value(Some(i))
-                    {
-                        managed_fields(raw, r, &mut edits);
-                    }
-                }
-            }
+            };
+            lower = have.filter(|&h| d.level < h).map(|_| d.level);
+            omit_managed_fields = d.omit_managed_fields && m.has_bodies;
         }
-        if let Some(id) = v.audit_id() {
-            let stage = v.stage().unwrap_or_default();
-            if !fresh(dedup::key(id, stage.as_bytes())) {
+        if let Some(id) = m.audit_id {
+            let stage = m.stage.map_or(0, |s| s as u8 + 1);
+            if !fresh(dedup::key(id.get(body), &[stage])) {
                 counts.duplicates += 1;
                 return Fate::Drop;
             }
         }
+        let hint = attrs
+            .as_ref()
+            .and_then(Attrs::object)
+            .map_or(redact::Hint::Other, redact::hint);
+        let redact = (secrets && hint != redact::Hint::Other) || self.redactor.has_paths();
+        if lower.is_none() && !omit_managed_fields && !redact && labels.is_empty() {
+            return Fate::Keep;
+        }
+        let raw = &e.raw[..];
+        let Some(v) = View::new(raw) else {
+            return Fate::Keep;
+        };
+        let mut removed: Vec<usize> = Vec::new();
+        let mut edits: Vec<Edit> = Vec::new();
+        if let (Some(level), Some(r)) = (lower, v.level_range()) {
+            counts.lowered += 1;
+            edits.push(Edit {
+                range: r,
+                with: json::quote(level.as_str()),
+            });
+            removed.extend(v.response_object);
+            if level == AuditLevel::Metadata {
+                removed.extend(v.request_object);
+            }
+        }
+        if omit_managed_fields {
+            for i in [v.request_object, v.response_object].into_iter().flatten() {
+                if !removed.contains(&i)
+                    && let Some(r) = v.value(Some(i))
+                {
+                    managed_fields(raw, r, &mut edits);
+                }
+            }
+        }
         let kept = |i: usize| !removed.contains(&i);
-        counts.redacted += self.redactor.edits(&v, kept, &mut edits) as u64;
+        if redact {
+            counts.redacted += self.redactor.edits(&v, hint, kept, &mut edits) as u64;
+        }
         let mut append = Vec::new();
         counts.labels += Labels::edits(&v, labels, &mut edits, &mut append) as u64;
         if removed.is_empty() && edits.is_empty() && append.is_empty() {
@@ -470,45 +493,27 @@ fn rebuild(batch: &Batch, fates: Vec<Fate>) -> Batch {
     }
     body.extend_from_slice(b"]}");
     let body = body.freeze();
-    let events = places
-        .into_iter()
-        .map(|r| Event {
-            meta: meta_of(&body, r.clone()),
-            raw: body.slice(r),
-        })
-        .collect();
+    // Decoding the new body gives each event its slice of it and its routing
+    // fields as spans of it; the events are compact, so nothing is copied.
+    let opts = crate::decode::DecodeOptions {
+        max_events: usize::MAX,
+        max_event_bytes: 0,
+    };
+    let events = match crate::decode::decode(&body, &opts) {
+        Ok(d) if d.events.len() == places.len() => d.events,
+        _ => places
+            .into_iter()
+            .map(|r| Event {
+                raw: body.slice(r),
+                meta: EventMeta::default(),
+            })
+            .collect(),
+    };
     let origin = crate::pipeline::Origin {
         path_and_query: batch.origin.path_and_query.clone(),
         gzip_wire: None,
     };
     Batch::with_origin(body, events, origin)
-}
-
-/// The routing fields of the event at `r` of `body`, as spans of `body`.
-fn meta_of(body: &Bytes, r: std::ops::Range<usize>) -> EventMeta {
-    let raw = &body[r.clone()];
-    let base = r.start;
-    let span = |range: Option<std::ops::Range<usize>>| {
-        let range = range?;
-        let inner = raw.get(range.clone())?;
-        (inner.first() == Some(&b'"') && inner.len() >= 2).then(|| Span {
-            start: (base + range.start + 1) as u32,
-            len: (range.len() - 2) as u32,
-        })
-    };
-    let field = |path: &[&[u8]]| span(json::get_path(raw, 0..raw.len(), path));
-    let text = |s: Option<Span>| s.map(|s| s.get(body));
-    EventMeta {
-        level: text(field(&[b"level"])).map(Level::from_raw),
-        stage: text(field(&[b"stage"])).map(Stage::from_raw),
-        code: json::get_path(raw, 0..raw.len(), &[b"responseStatus", b"code"])
-            .and_then(|c| std::str::from_utf8(&raw[c]).ok()?.parse().ok()),
-        audit_id: field(&[b"auditID"]),
-        verb: field(&[b"verb"]),
-        username: field(&[b"user", b"username"]),
-        namespace: field(&[b"objectRef", b"namespace"]),
-        resource: field(&[b"objectRef", b"resource"]),
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use std::borrow::Cow;
+
+use super::json;
+use super::view::ObjectRef;
+#[cfg(test)]
 use super::view::View;
+use crate::decode::{EventMeta, Span, Stage};
 
 /// An audit level, in increasing order of what it records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -283,12 +289,28 @@ impl Policy {
     }
 
     /// Evaluates the policy for the event `v`.
+    #[cfg(test)]
     pub(crate) fn decide(&self, v: &View<'_>) -> Decision {
-        let attrs = Attrs::of(v);
         let stage = v.stage();
-        let stage_bit = stage.as_deref().and_then(stage_bit).unwrap_or(0);
+        let bit = stage.as_deref().and_then(stage_bit).unwrap_or(0);
+        self.decide_attrs(&Attrs::of(v), bit)
+    }
+
+    /// Evaluates the policy for an event of `attrs` at the stage `stage`.
+    pub(crate) fn decide_at(&self, attrs: &Attrs<'_>, stage: Option<Stage>) -> Decision {
+        let bit = match stage {
+            Some(Stage::RequestReceived) => 1,
+            Some(Stage::ResponseStarted) => 2,
+            Some(Stage::ResponseComplete) => 4,
+            Some(Stage::Panic) => 8,
+            _ => 0,
+        };
+        self.decide_attrs(attrs, bit)
+    }
+
+    fn decide_attrs(&self, attrs: &Attrs<'_>, stage_bit: u8) -> Decision {
         for (i, r) in self.rules.iter().enumerate() {
-            if r.matches(&attrs) {
+            if r.matches(attrs) {
                 return Decision {
                     level: r.level,
                     rule: Some(i),
@@ -319,24 +341,91 @@ fn stages(list: &[String], key: &str) -> Result<u8, (String, String)> {
 
 /// The request attributes of one event, as the API server's policy checker
 /// sees them.
-struct Attrs<'a> {
-    user: Option<std::borrow::Cow<'a, str>>,
-    groups: Vec<std::borrow::Cow<'a, str>>,
-    verb: std::borrow::Cow<'a, str>,
-    object: Option<super::view::ObjectRef<'a>>,
-    path: std::borrow::Cow<'a, str>,
+pub(crate) struct Attrs<'a> {
+    user: Option<Cow<'a, str>>,
+    groups: Vec<Cow<'a, str>>,
+    verb: Cow<'a, str>,
+    object: Option<ObjectRef<'a>>,
+    /// `resource/subresource`, or the resource alone.
+    combined: String,
+    path: Cow<'a, str>,
 }
 
 impl<'a> Attrs<'a> {
-    fn of(v: &View<'a>) -> Self {
+    /// The attributes read from the event's bytes.
+    #[cfg(test)]
+    pub(crate) fn of(v: &View<'a>) -> Self {
+        Self::new(v.username(), v.groups(), v.verb(), v.object_ref(), v.path())
+    }
+
+    /// The attributes read from the routing fields the decoder found, spans
+    /// of `body`.
+    pub(crate) fn of_meta(m: &EventMeta, body: &'a [u8]) -> Self {
+        let text = |s: Option<Span>| s.and_then(|s| span_text(body, s));
+        let groups = m.groups.map_or_else(Vec::new, |g| {
+            let start = g.start as usize;
+            json::elements(body, start..start + g.len as usize)
+                .into_iter()
+                .filter_map(|r| json::str_at(body, r))
+                .collect()
+        });
+        let object = m.has_object_ref.then(|| ObjectRef {
+            api_group: text(m.api_group).unwrap_or_default(),
+            resource: text(m.resource).unwrap_or_default(),
+            subresource: text(m.subresource).unwrap_or_default(),
+            namespace: text(m.namespace).unwrap_or_default(),
+            name: text(m.name).unwrap_or_default(),
+        });
+        let path = match text(m.request_uri) {
+            Some(Cow::Borrowed(s)) => Cow::Borrowed(s.split('?').next().unwrap_or_default()),
+            Some(Cow::Owned(s)) => Cow::Owned(s.split('?').next().unwrap_or_default().to_owned()),
+            None => Cow::Borrowed(""),
+        };
+        Self::new(
+            text(m.username),
+            groups,
+            text(m.verb).unwrap_or_default(),
+            object,
+            path,
+        )
+    }
+
+    fn new(
+        user: Option<Cow<'a, str>>,
+        groups: Vec<Cow<'a, str>>,
+        verb: Cow<'a, str>,
+        object: Option<ObjectRef<'a>>,
+        path: Cow<'a, str>,
+    ) -> Self {
+        let combined = match &object {
+            Some(o) if !o.subresource.is_empty() => format!("{}/{}", o.resource, o.subresource),
+            Some(o) => o.resource.to_string(),
+            None => String::new(),
+        };
         Self {
-            user: v.username(),
-            groups: v.groups(),
-            verb: v.verb(),
-            object: v.object_ref(),
-            path: v.path(),
+            user,
+            groups,
+            verb,
+            object,
+            combined,
+            path,
         }
     }
+
+    /// `objectRef`, for a resource request.
+    pub(crate) fn object(&self) -> Option<&ObjectRef<'a>> {
+        self.object.as_ref()
+    }
+}
+
+/// The text of the JSON string whose content is `s` in `body`.
+fn span_text(body: &[u8], s: Span) -> Option<Cow<'_, str>> {
+    let start = s.start as usize;
+    let inner = body.get(start..start + s.len as usize)?;
+    if !inner.contains(&b'\\') {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    json::str_at(body, start.checked_sub(1)?..start + s.len as usize + 1)
 }
 
 fn has(list: &[String], s: &str) -> bool {
@@ -377,10 +466,7 @@ impl Rule {
         if self.resources.is_empty() {
             return true;
         }
-        let combined = match o.subresource.is_empty() {
-            true => o.resource.to_string(),
-            false => format!("{}/{}", o.resource, o.subresource),
-        };
+        let combined = &a.combined;
         self.resources
             .iter()
             .filter(|g| g.group == o.api_group)
@@ -392,7 +478,7 @@ impl Rule {
                     return false;
                 }
                 g.resources.iter().any(|res| {
-                    res == &combined
+                    res == combined
                         || res == "*"
                         || (!o.subresource.is_empty()
                             && res.strip_prefix("*/") == Some(&*o.subresource))

@@ -39,7 +39,7 @@ pub(crate) struct Redactor {
 /// What the object being redacted is, from the event's `objectRef` when its
 /// own `kind` does not say (patches carry no `kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hint {
+pub(crate) enum Hint {
     Secret,
     TokenRequest,
     TokenReview,
@@ -69,18 +69,29 @@ impl Redactor {
         !self.secrets && self.paths.is_empty()
     }
 
-    /// Adds to `out` the edits that redact event `v`, looking only at the
-    /// top-level members `kept` allows; returns how many values they redact.
+    /// Whether Secrets and tokens are redacted.
+    pub(crate) fn secrets(&self) -> bool {
+        self.secrets
+    }
+
+    /// Whether paths are configured.
+    pub(crate) fn has_paths(&self) -> bool {
+        !self.paths.is_empty()
+    }
+
+    /// Adds to `out` the edits that redact event `v`, whose objects `hint`
+    /// says what they are, looking only at the top-level members `kept`
+    /// allows; returns how many values they redact.
     pub(crate) fn edits(
         &self,
         v: &View<'_>,
+        hint: Hint,
         kept: impl Fn(usize) -> bool,
         out: &mut Vec<Edit>,
     ) -> usize {
         let b = v.raw;
         let mut n = 0;
-        if self.secrets {
-            let hint = v.object_ref().map_or(Hint::Other, |o| hint(&o));
+        if self.secrets && hint != Hint::Other {
             for i in [v.request_object, v.response_object].into_iter().flatten() {
                 if let (true, Some(r)) = (kept(i), v.value(Some(i))) {
                     n += object(b, r, hint, out);
@@ -101,7 +112,8 @@ impl Redactor {
     }
 }
 
-fn hint(o: &ObjectRef<'_>) -> Hint {
+/// What the objects of a request on `o` are.
+pub(crate) fn hint(o: &ObjectRef<'_>) -> Hint {
     match (&*o.api_group, &*o.resource, &*o.subresource) {
         ("", "secrets", "") => Hint::Secret,
         ("", "serviceaccounts", "token") => Hint::TokenRequest,
@@ -223,8 +235,9 @@ mod tests {
 
     fn run(event: &str, r: &Redactor) -> (String, usize) {
         let v = View::new(event.as_bytes()).unwrap();
+        let hint = v.object_ref().map_or(Hint::Other, |o| hint(&o));
         let mut edits = Vec::new();
-        let n = r.edits(&v, |_| true, &mut edits);
+        let n = r.edits(&v, hint, |_| true, &mut edits);
         let mut out = Vec::new();
         json::splice(v.raw, 0, v.raw.len(), &mut edits, &mut out);
         (String::from_utf8(out).unwrap(), n)

@@ -1,3 +1,4 @@
+use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -1,5 +1,5 @@
-//! One event's top-level members and the request attributes an audit policy
-//! matches on, read from its bytes.
+//! One event's top-level members, read from its bytes (and, for tests, the
+//! request attributes an audit policy matches on, read the slow way).
 //!
 //! Field names are those of the `audit.k8s.io/v1` `Event`
 //! (<https://kubernetes.io/docs/reference/config-api/apiserver-audit.v1/#audit-k8s-io-v1-Event>).
@@ -87,24 +87,15 @@ impl<'a> View<'a> {
         index.and_then(|i| self.top.get(i)).map(|m| m.value.clone())
     }
 
+    #[cfg(test)]
     fn text(&self, index: Option<usize>) -> Option<Cow<'a, str>> {
         json::str_at(self.raw, self.value(index)?)
     }
 
-    /// `level`.
-    pub(crate) fn level(&self) -> Option<Cow<'a, str>> {
-        self.text(self.level)
-    }
-
+    #[cfg(test)]
     /// `stage`.
     pub(crate) fn stage(&self) -> Option<Cow<'a, str>> {
         self.text(self.stage)
-    }
-
-    /// `auditID`, its bytes as written.
-    pub(crate) fn audit_id(&self) -> Option<&'a [u8]> {
-        let r = self.value(self.audit_id)?;
-        self.raw.get(r.start + 1..r.end.checked_sub(1)?)
     }
 
     /// The value range of `level`.
@@ -112,17 +103,20 @@ impl<'a> View<'a> {
         self.value(self.level)
     }
 
+    #[cfg(test)]
     /// `verb`.
     pub(crate) fn verb(&self) -> Cow<'a, str> {
         self.text(self.verb).unwrap_or_default()
     }
 
+    #[cfg(test)]
     /// `user.username`.
     pub(crate) fn username(&self) -> Option<Cow<'a, str>> {
         let user = self.value(self.user)?;
         json::str_at(self.raw, json::get(self.raw, user, b"username")?)
     }
 
+    #[cfg(test)]
     /// `user.groups`.
     pub(crate) fn groups(&self) -> Vec<Cow<'a, str>> {
         let Some(groups) = self
@@ -137,6 +131,7 @@ impl<'a> View<'a> {
             .collect()
     }
 
+    #[cfg(test)]
     /// `objectRef`, present for resource requests.
     pub(crate) fn object_ref(&self) -> Option<ObjectRef<'a>> {
         let r = self.value(self.object_ref)?;
@@ -158,6 +153,7 @@ impl<'a> View<'a> {
         Some(o)
     }
 
+    #[cfg(test)]
     /// The path of `requestURI`, without its query.
     pub(crate) fn path(&self) -> Cow<'a, str> {
         match self.text(self.request_uri) {

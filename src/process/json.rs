@@ -21,9 +21,19 @@ pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// End (exclusive) of the string whose opening quote is at `i`.
+/// End (exclusive) of the string whose opening quote is at `i`. Most
+/// strings of an event are short: a plain loop finds their end sooner than a
+/// vector search could start, which takes over for long ones.
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
+    let short = (i + 24).min(b.len());
+    while j < short {
+        match b[j] {
+            b'"' => return Some(j + 1),
+            b'\\' => j += 2,
+            _ => j += 1,
+        }
+    }
     loop {
         let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
         if b[k] == b'"' {
@@ -39,23 +49,22 @@ fn string_end(b: &[u8], i: usize) -> Option<usize> {
 fn container_end(b: &[u8], i: usize, open: u8, close: u8) -> Option<usize> {
     let mut depth = 0usize;
     let mut j = i;
-    loop {
-        let k = j + memchr::memchr3(b'"', open, close, b.get(j..)?)?;
-        match b[k] {
-            b'"' => j = string_end(b, k)?,
-            c if c == open => {
-                depth += 1;
-                j = k + 1;
-            }
-            _ => {
-                depth = depth.checked_sub(1)?;
-                j = k + 1;
-                if depth == 0 {
-                    return Some(j);
-                }
+    while let Some(&c) = b.get(j) {
+        if c == b'"' {
+            j = string_end(b, j)?;
+            continue;
+        }
+        if c == open {
+            depth += 1;
+        } else if c == close {
+            depth = depth.checked_sub(1)?;
+            if depth == 0 {
+                return Some(j + 1);
             }
         }
+        j += 1;
     }
+    None
 }
 
 /// End (exclusive) of the value starting at `i`.

@@ -343,32 +343,50 @@ fn stages(list: &[String], key: &str) -> Result<u8, (String, String)> {
 /// sees them.
 pub(crate) struct Attrs<'a> {
     user: Option<Cow<'a, str>>,
-    groups: Vec<Cow<'a, str>>,
+    groups: Groups<'a>,
     verb: Cow<'a, str>,
     object: Option<ObjectRef<'a>>,
-    /// `resource/subresource`, or the resource alone.
-    combined: String,
     path: Cow<'a, str>,
+}
+
+/// `user.groups`: read, or the array's text to read when a rule asks.
+enum Groups<'a> {
+    #[cfg(test)]
+    Read(Vec<Cow<'a, str>>),
+    Array(&'a [u8]),
+}
+
+impl Groups<'_> {
+    fn any_in(&self, list: &[String]) -> bool {
+        match self {
+            #[cfg(test)]
+            Self::Read(g) => g.iter().any(|g| has(list, g)),
+            Self::Array(text) => json::elements(text, 0..text.len())
+                .into_iter()
+                .filter_map(|r| json::str_at(text, r))
+                .any(|g| has(list, &g)),
+        }
+    }
 }
 
 impl<'a> Attrs<'a> {
     /// The attributes read from the event's bytes.
     #[cfg(test)]
     pub(crate) fn of(v: &View<'a>) -> Self {
-        Self::new(v.username(), v.groups(), v.verb(), v.object_ref(), v.path())
+        Self::new(
+            v.username(),
+            Groups::Read(v.groups()),
+            v.verb(),
+            v.object_ref(),
+            v.path(),
+        )
     }
 
     /// The attributes read from the routing fields the decoder found, spans
     /// of `body`.
     pub(crate) fn of_meta(m: &EventMeta, body: &'a [u8]) -> Self {
         let text = |s: Option<Span>| s.and_then(|s| span_text(body, s));
-        let groups = m.groups.map_or_else(Vec::new, |g| {
-            let start = g.start as usize;
-            json::elements(body, start..start + g.len as usize)
-                .into_iter()
-                .filter_map(|r| json::str_at(body, r))
-                .collect()
-        });
+        let groups = Groups::Array(m.groups.map_or(&[][..], |g| g.get(body)));
         let object = m.has_object_ref.then(|| ObjectRef {
             api_group: text(m.api_group).unwrap_or_default(),
             resource: text(m.resource).unwrap_or_default(),
@@ -392,22 +410,16 @@ impl<'a> Attrs<'a> {
 
     fn new(
         user: Option<Cow<'a, str>>,
-        groups: Vec<Cow<'a, str>>,
+        groups: Groups<'a>,
         verb: Cow<'a, str>,
         object: Option<ObjectRef<'a>>,
         path: Cow<'a, str>,
     ) -> Self {
-        let combined = match &object {
-            Some(o) if !o.subresource.is_empty() => format!("{}/{}", o.resource, o.subresource),
-            Some(o) => o.resource.to_string(),
-            None => String::new(),
-        };
         Self {
             user,
             groups,
             verb,
             object,
-            combined,
             path,
         }
     }
@@ -437,7 +449,7 @@ impl Rule {
         if !self.users.is_empty() && !a.user.as_deref().is_some_and(|u| has(&self.users, u)) {
             return false;
         }
-        if !self.user_groups.is_empty() && !a.groups.iter().any(|g| has(&self.user_groups, g)) {
+        if !self.user_groups.is_empty() && !a.groups.any_in(&self.user_groups) {
             return false;
         }
         if !self.verbs.is_empty() && !has(&self.verbs, &a.verb) {
@@ -466,7 +478,6 @@ impl Rule {
         if self.resources.is_empty() {
             return true;
         }
-        let combined = &a.combined;
         self.resources
             .iter()
             .filter(|g| g.group == o.api_group)
@@ -478,13 +489,23 @@ impl Rule {
                     return false;
                 }
                 g.resources.iter().any(|res| {
-                    res == combined
+                    is_combined(res, &o.resource, &o.subresource)
                         || res == "*"
                         || (!o.subresource.is_empty()
                             && res.strip_prefix("*/") == Some(&*o.subresource))
                         || res.strip_suffix("/*") == Some(&*o.resource)
                 })
             })
+    }
+}
+
+/// Whether `res` is `resource/subresource` (or `resource` when there is no
+/// subresource).
+fn is_combined(res: &str, resource: &str, subresource: &str) -> bool {
+    match res.strip_prefix(resource) {
+        Some("") => subresource.is_empty(),
+        Some(rest) => !subresource.is_empty() && rest.strip_prefix('/') == Some(subresource),
+        None => false,
     }
 }
 

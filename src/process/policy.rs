@@ -346,7 +346,30 @@ pub(crate) struct Attrs<'a> {
     groups: Groups<'a>,
     verb: Cow<'a, str>,
     object: Option<ObjectRef<'a>>,
-    path: Cow<'a, str>,
+    /// `requestURI`, whose path is read when a rule asks.
+    uri: Uri<'a>,
+}
+
+/// `requestURI`: its path, or the text to read it from.
+enum Uri<'a> {
+    #[cfg(test)]
+    Path(Cow<'a, str>),
+    Span(&'a [u8], Option<Span>),
+}
+
+impl Uri<'_> {
+    fn path(&self) -> Cow<'_, str> {
+        let uri = match self {
+            #[cfg(test)]
+            Self::Path(p) => return Cow::Borrowed(p),
+            Self::Span(body, span) => span.and_then(|s| span_text(body, s)),
+        };
+        match uri {
+            Some(Cow::Borrowed(s)) => Cow::Borrowed(s.split('?').next().unwrap_or_default()),
+            Some(Cow::Owned(s)) => Cow::Owned(s.split('?').next().unwrap_or_default().to_owned()),
+            None => Cow::Borrowed(""),
+        }
+    }
 }
 
 /// `user.groups`: read, or the array's text to read when a rule asks.
@@ -378,7 +401,7 @@ impl<'a> Attrs<'a> {
             Groups::Read(v.groups()),
             v.verb(),
             v.object_ref(),
-            v.path(),
+            Uri::Path(v.path()),
         )
     }
 
@@ -394,17 +417,12 @@ impl<'a> Attrs<'a> {
             namespace: text(m.namespace).unwrap_or_default(),
             name: text(m.name).unwrap_or_default(),
         });
-        let path = match text(m.request_uri) {
-            Some(Cow::Borrowed(s)) => Cow::Borrowed(s.split('?').next().unwrap_or_default()),
-            Some(Cow::Owned(s)) => Cow::Owned(s.split('?').next().unwrap_or_default().to_owned()),
-            None => Cow::Borrowed(""),
-        };
         Self::new(
             text(m.username),
             groups,
             text(m.verb).unwrap_or_default(),
             object,
-            path,
+            Uri::Span(body, m.request_uri),
         )
     }
 
@@ -413,14 +431,14 @@ impl<'a> Attrs<'a> {
         groups: Groups<'a>,
         verb: Cow<'a, str>,
         object: Option<ObjectRef<'a>>,
-        path: Cow<'a, str>,
+        uri: Uri<'a>,
     ) -> Self {
         Self {
             user,
             groups,
             verb,
             object,
-            path,
+            uri,
         }
     }
 
@@ -440,8 +458,22 @@ fn span_text(body: &[u8], s: Span) -> Option<Cow<'_, str>> {
     json::str_at(body, start.checked_sub(1)?..start + s.len as usize + 1)
 }
 
+/// Whether `list` holds `s`. Lengths and first bytes are compared before
+/// whole strings: most candidates differ there, and a call to compare whole
+/// short strings costs more than the test.
 fn has(list: &[String], s: &str) -> bool {
-    list.iter().any(|x| x == s)
+    list.iter().any(|x| same(x, s))
+}
+
+/// `a == b`, testing lengths and the end bytes inline first.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len()
+        && match (a.first(), a.last()) {
+            (Some(f), Some(l)) => Some(f) == b.first() && Some(l) == b.last() && a == b,
+            _ => true,
+        }
 }
 
 impl Rule {
@@ -459,11 +491,14 @@ impl Rule {
             return self.matches_resource(a);
         }
         if !self.non_resource_urls.is_empty() {
-            return a.object.is_none()
-                && self
-                    .non_resource_urls
-                    .iter()
-                    .any(|spec| path_matches(&a.path, spec));
+            if a.object.is_some() {
+                return false;
+            }
+            let path = a.uri.path();
+            return self
+                .non_resource_urls
+                .iter()
+                .any(|spec| path_matches(&path, spec));
         }
         true
     }
@@ -480,7 +515,7 @@ impl Rule {
         }
         self.resources
             .iter()
-            .filter(|g| g.group == o.api_group)
+            .filter(|g| same(&g.group, &o.api_group))
             .any(|g| {
                 if g.resources.is_empty() {
                     return true;
@@ -502,11 +537,13 @@ impl Rule {
 /// Whether `res` is `resource/subresource` (or `resource` when there is no
 /// subresource).
 fn is_combined(res: &str, resource: &str, subresource: &str) -> bool {
-    match res.strip_prefix(resource) {
-        Some("") => subresource.is_empty(),
-        Some(rest) => !subresource.is_empty() && rest.strip_prefix('/') == Some(subresource),
-        None => false,
+    if subresource.is_empty() {
+        return same(res, resource);
     }
+    res.len() == resource.len() + 1 + subresource.len()
+        && res.as_bytes()[resource.len()] == b'/'
+        && same(&res[..resource.len()], resource)
+        && same(&res[resource.len() + 1..], subresource)
 }
 
 /// `nonResourceURLs` matching: `*` matches all, else exact, else a spec

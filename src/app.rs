@@ -22,6 +22,7 @@ use crate::config::{BufferKind, Config, SinkConfig};
 use crate::decode::DecodeOptions;
 use crate::metrics::{Metrics, SinkMetrics, TlsMetrics};
 use crate::pipeline::{Pipeline, QueueReader, QueueSpec};
+use crate::process::{ProcessMetrics, Processor};
 use crate::reload::{ReloadError, ReloadReport};
 use crate::server::{self, ServeOptions};
 use crate::sink::{BoxWriter, HttpSink, Sink, StdoutSink, TcpSink};
@@ -74,6 +75,7 @@ pub(crate) struct Parts {
     /// Parent of the metrics listener's stop token.
     pub(crate) stop_admin: CancellationToken,
     pub(crate) tls_metrics: TlsMetrics,
+    pub(crate) process_metrics: ProcessMetrics,
     /// The writer the first stdout sink takes instead of the process's
     /// stdout (in a mutex so that the parts can be shared across a reload).
     pub(crate) stdout: std::sync::Mutex<Option<BoxWriter>>,
@@ -217,11 +219,16 @@ impl App {
             draining: CancellationToken::new(),
             stop_admin: CancellationToken::new(),
             tls_metrics,
+            process_metrics: ProcessMetrics::register(self.metrics.registry()),
             stdout: std::sync::Mutex::new(self.stdout),
         };
         let sink_cfgs = parts.config.sinks.clone();
-        for (sink_cfg, reader) in sink_cfgs.iter().zip(readers) {
-            let (sink, watchers) = parts.build_sink(sink_cfg, reader.metrics().clone())?;
+        for (sink_cfg, mut reader) in sink_cfgs.iter().zip(readers) {
+            let (sink, watchers, processor) =
+                parts.build_sink(sink_cfg, reader.metrics().clone())?;
+            if let Some(p) = processor {
+                reader.set_processor(p);
+            }
             let task = spawn_sink(sink, reader, watchers, sink_cfg.clone(), None);
             parts.sinks.push(task);
         }
@@ -299,7 +306,7 @@ impl Parts {
         &mut self,
         cfg: &SinkConfig,
         metrics: SinkMetrics,
-    ) -> anyhow::Result<(Sink, Vec<FileWatcher>)> {
+    ) -> anyhow::Result<(Sink, Vec<FileWatcher>, Option<Arc<Processor>>)> {
         let known = metrics.clone();
         let sink = match cfg {
             SinkConfig::Stdout(_) => {
@@ -327,7 +334,25 @@ impl Parts {
         if let Some(tls) = sink.tls() {
             watchers.extend(watch_sink_tls(cfg.name(), tls, &self.tls_metrics)?);
         }
-        Ok((sink, watchers))
+        // The sink's own view of each batch: policy, redaction, labels, dedup.
+        let name = cfg.name();
+        let state_dir = (self.config.buffer.kind == BufferKind::Disk)
+            .then_some(self.config.buffer.path.as_path());
+        let processor = Processor::build(name, cfg.process(), state_dir, &self.process_metrics)
+            .with_context(|| format!("sink {name}"))?;
+        let processor = match processor.is_noop() {
+            true => None,
+            false => {
+                let processor = Arc::new(processor);
+                watchers.extend(
+                    processor
+                        .watch(Duration::from_secs(60))
+                        .with_context(|| format!("sink {name}"))?,
+                );
+                Some(processor)
+            }
+        };
+        Ok((sink, watchers, processor))
     }
 
     /// Starts the webhook listeners of `cfg` on the given sockets (bound to

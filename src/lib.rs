@@ -9,6 +9,7 @@
 //!   zero-copy.
 //! - [`pipeline`]: whole-batch admission into one bounded queue per sink.
 //! - [`buffer`]: the disk buffer, a write-ahead log shared by all sinks.
+//! - [`process`]: per-sink audit policy, redaction, labels and dedup.
 //! - [`sink`]: delivery (stdout, HTTP, TCP).
 //! - [`config`], [`metrics`], [`tls`], [`admin`] (health and metrics
 //!   endpoints), [`server`] (connection handling) [`app`] (wiring) and
@@ -20,6 +21,7 @@ pub mod config;
 pub mod decode;
 pub mod metrics;
 pub mod pipeline;
+pub mod process;
 mod ratelimit;
 pub mod reload;
 pub mod server;

@@ -200,7 +200,12 @@ impl Parts {
             .into_iter()
             .partition(|s| remove.iter().any(|r| r == s.config.name()));
         self.sinks = kept;
-        for ((cfg, (sink, watchers)), reader) in start.into_iter().zip(built).zip(readers) {
+        for ((cfg, (sink, watchers, processor)), mut reader) in
+            start.into_iter().zip(built).zip(readers)
+        {
+            if let Some(p) = processor {
+                reader.set_processor(p);
+            }
             let predecessor = gone
                 .iter()
                 .find(|g| g.config.name() == cfg.name())

@@ -12,11 +12,13 @@
 //! `config/default.yaml` lists every key with its default.
 
 mod https;
+mod process;
 mod sinks;
 mod types;
 
 use std::path::{Path, PathBuf};
 
+pub use process::*;
 pub use sinks::*;
 pub use types::*;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::QueueConfig;
+use super::{ProcessConfig, QueueConfig};
 
 /// `type: http`: POSTs to one or more HTTP(S) endpoints (a Logstash `http`
 /// input, an external collector), like HAProxy relaying the webhook.
@@ -57,6 +57,8 @@ pub struct HttpSinkConfig {
     pub tls: ClientTlsConfig,
     /// Its queue.
     pub queue: QueueConfig,
+    /// Processing of its events.
+    pub process: ProcessConfig,
 }
 
 impl Default for HttpSinkConfig {
@@ -81,6 +83,7 @@ impl Default for HttpSinkConfig {
             dead_letter_file: None,
             tls: ClientTlsConfig::default(),
             queue: QueueConfig::default(),
+            process: ProcessConfig::default(),
         }
     }
 }
@@ -106,6 +109,8 @@ pub struct TcpSinkConfig {
     pub tls: ClientTlsConfig,
     /// Its queue.
     pub queue: QueueConfig,
+    /// Processing of its events.
+    pub process: ProcessConfig,
 }
 
 impl Default for TcpSinkConfig {
@@ -118,6 +123,7 @@ impl Default for TcpSinkConfig {
             resend_window_ms: 200,
             tls: ClientTlsConfig::default(),
             queue: QueueConfig::default(),
+            process: ProcessConfig::default(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use super::https::{ClientAuth, HttpsSourceConfig, is_set};
-use super::{HttpSinkConfig, TcpSinkConfig};
+use super::{HttpSinkConfig, ProcessConfig, TcpSinkConfig};
 
 use crate::pipeline::WhenFull;
 
@@ -233,6 +233,15 @@ impl SinkConfig {
             Self::Tcp(s) => &s.queue,
         }
     }
+
+    /// The processing of the sink's events.
+    pub fn process(&self) -> &ProcessConfig {
+        match self {
+            Self::Stdout(s) => &s.process,
+            Self::Http(s) => &s.process,
+            Self::Tcp(s) => &s.process,
+        }
+    }
 }
 
 /// Sink types, for error messages.
@@ -284,6 +293,8 @@ pub struct StdoutSinkConfig {
     pub name: String,
     /// Its queue.
     pub queue: QueueConfig,
+    /// Processing of its events.
+    pub process: ProcessConfig,
 }
 
 impl Default for StdoutSinkConfig {
@@ -291,6 +302,7 @@ impl Default for StdoutSinkConfig {
         Self {
             name: "stdout".to_owned(),
             queue: QueueConfig::default(),
+            process: ProcessConfig::default(),
         }
     }
 }
@@ -493,6 +505,7 @@ impl Config {
                 );
             }
             let prefix = format!("sinks[{i}]");
+            sink.process().validate(&prefix)?;
             match sink {
                 SinkConfig::Stdout(_) => {}
                 SinkConfig::Http(h) => h.validate(&prefix)?,

@@ -4,8 +4,9 @@
 //! The fields come from the `audit.k8s.io/v1` `Event` type
 //! (<https://kubernetes.io/docs/reference/config-api/apiserver-audit.v1/#audit-k8s-io-v1-Event>):
 //! `level`, `stage`, `auditID`, `verb`, `user.username`, `objectRef.namespace`,
-//! `objectRef.resource` and `responseStatus.code`. They are kept as spans of the
-//! request body, not copied.
+//! `objectRef.resource` and `responseStatus.code`, and what an audit policy
+//! matches on (`user.groups`, `objectRef.apiGroup`, `subresource`, `name`,
+//! `requestURI`). They are kept as spans of the request body, not copied.
 
 use bytes::Bytes;
 
@@ -100,6 +101,21 @@ pub struct EventMeta {
     pub namespace: Option<Span>,
     /// `objectRef.resource`.
     pub resource: Option<Span>,
+    /// `objectRef.apiGroup`.
+    pub api_group: Option<Span>,
+    /// `objectRef.subresource`.
+    pub subresource: Option<Span>,
+    /// `objectRef.name`.
+    pub name: Option<Span>,
+    /// `requestURI`.
+    pub request_uri: Option<Span>,
+    /// `user.groups`: the whole array, brackets included (not a string's
+    /// content like the other spans).
+    pub groups: Option<Span>,
+    /// Whether the event has an `objectRef` object (a resource request).
+    pub has_object_ref: bool,
+    /// Whether the event has `requestObject` or `responseObject`.
+    pub has_bodies: bool,
 }
 
 /// One event, ready for a sink.

@@ -444,17 +444,32 @@ fn read_meta(w: &Walk<'_>, tok: usize) -> EventMeta {
                 for u in w.members(m.value) {
                     if w.key_is(&u, b"username") {
                         meta.username = span(u.value);
+                    } else if w.key_is(&u, b"groups") && w.byte(u.value) == b'[' {
+                        let r = w.value_range(u.value, u.next);
+                        meta.groups = Some(Span {
+                            start: r.start as u32,
+                            len: r.len() as u32,
+                        });
                     }
                 }
             }
             b'o' if w.key_is(&m, b"objectRef") => {
+                meta.has_object_ref = w.byte(m.value) == b'{';
                 for o in w.members(m.value) {
-                    if w.key_is(&o, b"namespace") {
-                        meta.namespace = span(o.value);
-                    } else if w.key_is(&o, b"resource") {
-                        meta.resource = span(o.value);
-                    }
+                    let slot = match w.body().get(w.pos(o.key) + 1) {
+                        Some(b'n') if w.key_is(&o, b"namespace") => &mut meta.namespace,
+                        Some(b'n') if w.key_is(&o, b"name") => &mut meta.name,
+                        Some(b'r') if w.key_is(&o, b"resource") => &mut meta.resource,
+                        Some(b'a') if w.key_is(&o, b"apiGroup") => &mut meta.api_group,
+                        Some(b's') if w.key_is(&o, b"subresource") => &mut meta.subresource,
+                        _ => continue,
+                    };
+                    *slot = span(o.value);
                 }
+            }
+            b'r' if w.key_is(&m, b"requestURI") => meta.request_uri = span(m.value),
+            b'r' if w.key_is(&m, b"requestObject") || w.key_is(&m, b"responseObject") => {
+                meta.has_bodies |= !matches!(w.byte(m.value), b'n');
             }
             b'r' if w.key_is(&m, b"responseStatus") => {
                 for s in w.members(m.value) {

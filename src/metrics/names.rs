@@ -102,3 +102,22 @@ pub const BUFFER_DISK_ERRORS_TOTAL: &str = "audit_forwarder_buffer_disk_errors_t
 /// Counter `{sink}`: events given to a sink again after a restart because its
 /// last saved position was behind what it had delivered.
 pub const BUFFER_REPLAYED_EVENTS_TOTAL: &str = "audit_forwarder_buffer_replayed_events_total";
+
+/// Counter `{sink, rule, reason}`: events a sink's audit policy dropped, by
+/// the index of the rule that matched (`none` when no rule did) and reason
+/// (`level_none`, `omit_stage`).
+pub const PROCESS_POLICY_DROPPED_TOTAL: &str =
+    "audit_forwarder_process_policy_dropped_events_total";
+/// Counter `{sink}`: events whose level a sink's audit policy lowered.
+pub const PROCESS_LEVELS_LOWERED_TOTAL: &str = "audit_forwarder_process_levels_lowered_total";
+/// Counter `{sink}`: values a sink replaced with `"[REDACTED]"`.
+pub const PROCESS_FIELDS_REDACTED_TOTAL: &str = "audit_forwarder_process_fields_redacted_total";
+/// Counter `{sink}`: labels a sink set in events' `annotations`.
+pub const PROCESS_LABELS_ADDED_TOTAL: &str = "audit_forwarder_process_labels_added_total";
+/// Counter `{sink}`: events a sink dropped as repeats of an `(auditID, stage)`
+/// in its dedup window.
+pub const PROCESS_DUPLICATES_DROPPED_TOTAL: &str =
+    "audit_forwarder_process_duplicates_dropped_total";
+/// Counter `{sink, result}`: reloads of a changed policy file, `success` or
+/// `failure` (the policy in use stays).
+pub const PROCESS_POLICY_RELOADS_TOTAL: &str = "audit_forwarder_process_policy_reloads_total";

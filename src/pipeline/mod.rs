@@ -223,7 +223,10 @@ impl Pipeline {
         pipeline.disk = Some(Disk { buffer, stop });
         let readers = queues
             .into_iter()
-            .map(|queue| QueueReader { queue })
+            .map(|queue| QueueReader {
+                queue,
+                processor: None,
+            })
             .collect();
         (pipeline, readers)
     }
@@ -301,7 +304,10 @@ impl Pipeline {
         }
         added
             .into_iter()
-            .map(|queue| QueueReader { queue })
+            .map(|queue| QueueReader {
+                queue,
+                processor: None,
+            })
             .collect()
     }
 

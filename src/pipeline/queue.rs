@@ -203,23 +203,29 @@ impl Queue {
     }
 }
 
-/// The receiving end of a queue, owned by its sink.
+/// The receiving end of a queue, owned by its sink. With a
+/// [`Processor`](crate::process::Processor) set, each batch is processed as it
+/// is taken: the sink gets its own view, the queue keeps the batch received.
 pub struct QueueReader {
     pub(crate) queue: Arc<Queue>,
+    pub(crate) processor: Option<Arc<crate::process::Processor>>,
 }
 
 /// A batch taken from a queue. Its room in the queue is given back when this is
 /// dropped, so a sink drops it once the batch is delivered.
 pub struct Delivery {
-    /// The batch.
+    /// The batch, as the sink's processing made it.
     pub batch: Arc<Batch>,
+    /// The batch as queued, whose room this holds.
+    held: Arc<Batch>,
     queue: Arc<Queue>,
     seq: Option<u64>,
+    _done: Option<crate::process::Done>,
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        self.queue.release(&self.batch, self.seq);
+        self.queue.release(&self.held, self.seq);
     }
 }
 
@@ -233,20 +239,43 @@ impl QueueReader {
                 return Some(next);
             }
             if self.queue.lock().closed {
+                if let Some(p) = &self.processor {
+                    p.flush();
+                }
                 return None;
             }
             notified.await;
         }
     }
 
-    /// The next batch if one is waiting.
+    /// The next batch if one is waiting. A batch whose events processing
+    /// dropped entirely is finished with at once and skipped.
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        let (batch, seq) = self.queue.lock().items.pop_front()?;
-        Some(Delivery {
-            batch,
-            queue: self.queue.clone(),
-            seq,
-        })
+        loop {
+            let (held, seq) = self.queue.lock().items.pop_front()?;
+            let (batch, done) = match &self.processor {
+                None => (held.clone(), None),
+                Some(p) => match p.process(&held) {
+                    (crate::process::Processed::Same, done) => (held.clone(), done),
+                    (crate::process::Processed::Changed(b), done) => (b, done),
+                },
+            };
+            let delivery = Delivery {
+                batch,
+                held,
+                queue: self.queue.clone(),
+                seq,
+                _done: done,
+            };
+            if !delivery.batch.events.is_empty() {
+                return Some(delivery);
+            }
+        }
+    }
+
+    /// Processes each batch with `processor` from now on.
+    pub fn set_processor(&mut self, processor: Arc<crate::process::Processor>) {
+        self.processor = Some(processor);
     }
 
     /// Whether the queue is closed and has nothing waiting.

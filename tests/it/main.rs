@@ -15,6 +15,7 @@ mod http_edge;
 mod interop;
 mod monitoring;
 mod pki;
+mod process;
 mod prometheus;
 mod reload;
 mod sinks;

@@ -195,7 +195,9 @@ pub const BODY_PADDING: usize = structure::PADDING;
 ///
 /// # Errors
 ///
-/// As [`decode`], but never [`DecodeError::InvalidUtf8`].
+/// As [`decode`]; [`DecodeError::InvalidUtf8`] only for a body that is not
+/// valid JSON with its invalid bytes replaced either (the refusal names the
+/// bytes, not the syntax).
 pub fn decode_owned(body: Bytes, opts: &DecodeOptions) -> (Bytes, Result<Decoded, DecodeError>) {
     let (body, result) = decode_owned_with(body, opts, &[]);
     if !matches!(result, Err(DecodeError::InvalidUtf8 { .. })) {

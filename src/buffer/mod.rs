@@ -115,7 +115,7 @@ pub struct DiskBuffer {
     damage_seen: Mutex<HashSet<Pos>>,
     checkpoint_interval: Duration,
     main_metrics: Metrics,
-    last_error_log_ms: std::sync::atomic::AtomicU64,
+    error_log: crate::ratelimit::RateLimit,
     _lock: File,
 }
 
@@ -278,7 +278,7 @@ impl DiskBuffer {
             damage_seen: Mutex::new(HashSet::new()),
             checkpoint_interval: Duration::from_millis(cfg.checkpoint_interval_ms),
             main_metrics: metrics.clone(),
-            last_error_log_ms: std::sync::atomic::AtomicU64::new(0),
+            error_log: crate::ratelimit::RateLimit::new(Duration::from_secs(10)),
             _lock: lock,
         });
         buffer.publish_metrics();
@@ -393,22 +393,8 @@ impl DiskBuffer {
             self.metrics.disk_errors.with_label_values(&[kind]).inc();
         }
         // One line per 10 s: a full disk refuses every request.
-        let now = now_ms();
-        let last = self
-            .last_error_log_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if now >= last + 10_000
-            && self
-                .last_error_log_ms
-                .compare_exchange(
-                    last,
-                    now,
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            tracing::error!(error = %e, path = %self.dir.display(), "disk buffer: refusing requests with 503 until the disk takes writes again");
+        if let Some(suppressed) = self.error_log.allow() {
+            tracing::error!(error = %e, path = %self.dir.display(), suppressed, "disk buffer: refusing requests with 503 until the disk takes writes again");
         }
         BufferRefusal::Disk(e.to_string())
     }

@@ -202,6 +202,10 @@ log:
     return path
 
 
+# Extra lines for HAProxy's `global` section (--haproxy-tune).
+HAPROXY_TUNE = []
+
+
 def start_proxy(tmp, mode, backend, queue_bytes=268435456, wait_ms=5, buffer_dir=None, extra_sink="", mport=None):
     port = free_port()
     if mode.startswith("haproxy"):
@@ -211,6 +215,8 @@ def start_proxy(tmp, mode, backend, queue_bytes=268435456, wait_ms=5, buffer_dir
             certs = tmp / "certs"
             bind += f" ssl crt {certs / 'server.pem'} ca-file {certs / 'ca.crt'} verify required alpn h2,http/1.1"
         text = (HERE / "haproxy.cfg.in").read_text().replace("@LISTEN@", bind).replace("@BACKEND@", backend.http)
+        if HAPROXY_TUNE:
+            text = text.replace("global\n", "global\n" + "".join(f"    {t}\n" for t in HAPROXY_TUNE), 1)
         cfg.write_text(text)
         cmd = ["haproxy", "-db", "-f", str(cfg)]
     else:
@@ -612,14 +618,19 @@ def plot(rows, out):
         print("gnuplot not installed: no plot (apt-get install gnuplot-nox)")
         return
     data = out.parent / "plot.dat"
+    # Only the modes that ran; "direct" has no proxy CPU to draw.
+    modes = [m for m in PLOT_MODES if any(r["mode"] == m for r in rows)]
+    proxies = [i for i, m in enumerate(modes) if m != "direct"]
+    if not proxies:
+        return
     with open(data, "w") as f:
-        for mode in PLOT_MODES:
+        for mode in modes:
             f.write(f"# {mode}\n")
             for r in rows:
                 if r["mode"] == mode:
                     f.write(f"{r['concurrency']} {r['mb_per_sec']} {r['cpu_s_per_gb'] or 0}\n")
             f.write("\n\n")
-    words = " ".join(PLOT_MODES)
+    words = " ".join(modes)
     script = f"""set terminal pngcairo size 1100,450
 set output '{out}'
 set multiplot layout 1,2
@@ -627,10 +638,10 @@ set logscale x 2
 set xlabel 'concurrency'
 set ylabel 'MB/s'
 set title 'Throughput'
-plot for [i=0:{len(PLOT_MODES) - 1}] '{data}' index i using 1:2 with linespoints title word('{words}', i+1)
+plot for [i=0:{len(modes) - 1}] '{data}' index i using 1:2 with linespoints title word('{words}', i+1)
 set ylabel 'CPU-s per GB'
 set title 'Proxy CPU per GB relayed'
-plot for [i=1:{len(PLOT_MODES) - 1}] '{data}' index i using 1:3 with linespoints title word('{words}', i+1)
+plot for [i={proxies[0]}:{len(modes) - 1}] '{data}' index i using 1:3 with linespoints title word('{words}', i+1)
 unset multiplot
 """
     subprocess.run(["gnuplot"], input=script, text=True, check=True)
@@ -644,6 +655,8 @@ def main():
     p.add_argument("--mix", default="metadata")
     p.add_argument("--modes", default="direct,haproxy,passthrough,ndjson,haproxy-tls,passthrough-tls",
                    help="which modes to run, of direct, haproxy, passthrough, ndjson, haproxy-tls, passthrough-tls")
+    p.add_argument("--haproxy-tune", action="append", default=[],
+                   help="a line added to HAProxy's global section, e.g. 'tune.h2.initial-window-size 1048576' (repeatable)")
     p.add_argument("--no-scenarios", action="store_true", help="skip the steady and overload memory scenarios")
     p.add_argument("--steady-secs", type=float, default=20)
     p.add_argument("--overload-secs", type=float, default=10)
@@ -666,6 +679,7 @@ def main():
     b.add_argument("--drain-timeout", type=float, default=120)
     b.add_argument("--warm-cache", action="store_true", help="catch-up reads the log from the page cache")
     args = p.parse_args()
+    HAPROXY_TUNE.extend(args.haproxy_tune)
     if args.scenario == "compare" and not shutil.which("haproxy"):
         sys.exit("haproxy is not installed: apt-get install haproxy")
     if not args.no_build:

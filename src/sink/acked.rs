@@ -241,4 +241,19 @@ mod tests {
         assert_eq!(none.ask().unwrap(), None);
         assert_eq!(none.bytes(), None);
     }
+
+    #[test]
+    fn netlink_finds_an_ipv6_connection() {
+        // Where the host has no IPv6 loopback there is nothing to ask about.
+        let Ok(listener) = std::net::TcpListener::bind("[::1]:0") else {
+            return;
+        };
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _server = listener.accept().unwrap();
+        let (local, peer) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        assert_eq!(Unacked::new(local, peer).ask().unwrap(), Some(0));
+        let port = peer.port().wrapping_add(1).max(1);
+        let elsewhere = std::net::SocketAddr::new(peer.ip(), port);
+        assert_eq!(Unacked::new(local, elsewhere).ask().unwrap(), None);
+    }
 }

@@ -4,9 +4,10 @@
 //! TCP has no application acknowledgements, so delivery is judged from the
 //! socket, and a batch keeps its room in the queue until it is judged delivered:
 //! - a batch counts as delivered once the peer's kernel has acknowledged all of
-//!   its bytes (the connection's unacknowledged byte count, see
-//!   read from `/proc/net/tcp`); where that count cannot be read, once
-//!   `resend_window_ms` has passed since it was written;
+//!   its bytes (the connection's unacknowledged byte count, asked of the
+//!   kernel by netlink `sock_diag`, or read from `/proc/net/tcp` where
+//!   netlink is not allowed; see `acked.rs`); where that count cannot be read,
+//!   once `resend_window_ms` has passed since it was written;
 //! - the socket is read all the time, so a peer's close (FIN) or reset is
 //!   noticed at once, not at the next write; nothing is written after it;
 //! - every batch not yet counted as delivered when a connection is lost is
@@ -15,11 +16,12 @@
 //! - while no connection can be made, batches stay queued (back-pressure).
 //!
 //! Writes are vectored: each event's bytes go from the request body to the
-//! socket without a copy (TLS copies them into records).
+//! socket without a copy (TLS copies them into records). The batches waiting
+//! when the sink is ready to write are written together, up to 4 MiB of
+//! events, in writes of up to 1,024 slices (the kernel's `IOV_MAX`).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,9 +34,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::acked::unacked_bytes;
+use super::acked::Unacked;
 use super::retry::Backoff;
 use crate::config::TcpSinkConfig;
+use crate::decode::Event;
 use crate::metrics::SinkMetrics;
 use crate::pipeline::{Delivery, QueueReader};
 use crate::tls::OutboundTls;
@@ -42,6 +45,13 @@ use crate::tls::outbound::server_name;
 
 /// How often unacknowledged batches are checked.
 const ACK_POLL: Duration = Duration::from_millis(20);
+
+/// At most this many bytes of events, from batches already waiting, are
+/// written in one go (after the first batch, which is always taken whole).
+const MAX_GROUP_BYTES: usize = 4 << 20;
+
+/// Slices per vectored write: Linux's `IOV_MAX`.
+const MAX_SLICES: usize = 1024;
 
 /// Any connection the sink can write to.
 trait Conn: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -69,8 +79,7 @@ struct Written {
 struct Session {
     conn: Box<dyn Conn>,
     written: Arc<AtomicU64>,
-    local: SocketAddr,
-    peer: SocketAddr,
+    unacked: Unacked,
 }
 
 /// Why a connection was given up.
@@ -221,8 +230,7 @@ impl TcpSink {
         Ok(Session {
             conn,
             written,
-            local,
-            peer,
+            unacked: Unacked::new(local, peer),
         })
     }
 
@@ -239,6 +247,7 @@ impl TcpSink {
         let mut scratch = vec![0u8; 4096];
         let mut closed = false;
         let mut confirmed = Instant::now();
+        let mut group: Vec<Delivery> = Vec::new();
         loop {
             let next = if let Some(d) = resend.pop_front() {
                 Some(d)
@@ -248,14 +257,14 @@ impl TcpSink {
                     biased;
                     r = s.conn.read(&mut scratch) => match r {
                         Ok(0) => {
-                            self.confirm(&s, unconfirmed, metrics);
+                            self.confirm(&mut s, unconfirmed, metrics);
                             return Some(Lost::Closed);
                         }
                         Ok(_) => continue, // the peer may talk; nothing to do with it
                         Err(e) => return Some(Lost::Broken(e)),
                     },
                     () = tokio::time::sleep(ACK_POLL), if waiting => {
-                        self.confirm(&s, unconfirmed, metrics);
+                        self.confirm(&mut s, unconfirmed, metrics);
                         confirmed = Instant::now();
                         continue;
                     }
@@ -266,29 +275,47 @@ impl TcpSink {
                     }
                 }
             };
-            let Some(delivery) = next else {
+            let Some(first) = next else {
                 closed = true;
                 continue;
             };
+            // The batches already waiting go out with it, in order.
+            let mut bytes = first.batch.event_bytes();
+            group.push(first);
+            while bytes < MAX_GROUP_BYTES {
+                let Some(d) = resend
+                    .pop_front()
+                    .or_else(|| if closed { None } else { input.try_recv() })
+                else {
+                    break;
+                };
+                bytes += d.batch.event_bytes();
+                group.push(d);
+            }
             let started = Instant::now();
-            if let Err(e) = write_lines(&mut s.conn, &delivery).await {
-                resend.push_front(delivery);
+            if let Err(e) = write_lines(&mut s.conn, &group).await {
+                while let Some(d) = group.pop() {
+                    resend.push_front(d);
+                }
                 return Some(Lost::Broken(e));
             }
             metrics
                 .send_duration
                 .observe(started.elapsed().as_secs_f64());
+            // Every batch of the group counts as delivered once the whole
+            // group is acknowledged: never sooner than its own bytes.
             let end = s.written.load(Ordering::Acquire);
-            unconfirmed.push_back(Written {
-                end,
-                at: Instant::now(),
-                delivery,
-            });
+            let at = Instant::now();
+            unconfirmed.extend(
+                group
+                    .drain(..)
+                    .map(|delivery| Written { end, at, delivery }),
+            );
             // While batches keep coming the poll above never fires: check
             // here too, or a sink that catches up would not count what the
             // peer already has until its queue runs dry.
             if confirmed.elapsed() >= ACK_POLL {
-                self.confirm(&s, unconfirmed, metrics);
+                self.confirm(&mut s, unconfirmed, metrics);
                 confirmed = Instant::now();
             }
         }
@@ -297,8 +324,10 @@ impl TcpSink {
     /// Counts as delivered (and releases) the batches the peer has
     /// acknowledged, or, where that cannot be read, those written more than
     /// `resend_window_ms` ago.
-    fn confirm(&self, s: &Session, unconfirmed: &mut VecDeque<Written>, metrics: &SinkMetrics) {
-        let acked = unacked_bytes(s.local, s.peer)
+    fn confirm(&self, s: &mut Session, unconfirmed: &mut VecDeque<Written>, metrics: &SinkMetrics) {
+        let acked = s
+            .unacked
+            .bytes()
             .map(|q| s.written.load(Ordering::Acquire).saturating_sub(q));
         let now = Instant::now();
         while let Some(w) = unconfirmed.front() {
@@ -318,20 +347,22 @@ impl TcpSink {
     }
 }
 
-/// Writes the batch's events, each followed by a newline, with vectored writes.
-async fn write_lines<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    delivery: &Delivery,
-) -> std::io::Result<()> {
-    const NEWLINE: &[u8] = b"\n";
-    const MAX_SLICES: usize = 512;
-    let events = &delivery.batch.events;
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_SLICES.min(events.len() * 2));
-    for group in events.chunks(MAX_SLICES / 2) {
+/// Writes the events of `group`'s batches in order, each framed by
+/// [`json_line`], with vectored writes of up to [`MAX_SLICES`] slices.
+async fn write_lines<W: AsyncWrite + Unpin>(wr: &mut W, group: &[Delivery]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_SLICES);
+    // The next event to write: its batch in the group, its index there.
+    let (mut b, mut i) = (0, 0);
+    while b < group.len() {
         slices.clear();
-        for e in group {
-            slices.push(IoSlice::new(&e.raw));
-            slices.push(IoSlice::new(NEWLINE));
+        while slices.len() + 2 <= MAX_SLICES && b < group.len() {
+            let events = &group[b].batch.events;
+            if let Some(e) = events.get(i) {
+                json_line(e, &mut slices);
+                i += 1;
+            } else {
+                (b, i) = (b + 1, 0);
+            }
         }
         let mut bufs: &mut [IoSlice<'_>] = &mut slices;
         while !bufs.is_empty() {
@@ -343,6 +374,13 @@ async fn write_lines<W: AsyncWrite + Unpin>(
         }
     }
     wr.flush().await
+}
+
+/// One event's framing on the wire, as slices appended to `out` (at most
+/// two): a JSON line, the event's own bytes and a newline.
+fn json_line<'a>(event: &'a Event, out: &mut Vec<IoSlice<'a>>) {
+    out.push(IoSlice::new(&event.raw));
+    out.push(IoSlice::new(b"\n"));
 }
 
 /// A TCP stream that counts the bytes written to the socket (below TLS).

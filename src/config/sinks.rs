@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{ProcessConfig, QueueConfig};
+use super::{ElasticsearchConfig, ProcessConfig, QueueConfig, SplunkHecConfig};
 
 /// `type: http`: POSTs to one or more HTTP(S) endpoints (a Logstash `http`
 /// input, an external collector), like HAProxy relaying the webhook.
@@ -30,6 +30,10 @@ pub struct HttpSinkConfig {
     /// HAProxy relays the path it received; otherwise every request goes to
     /// the endpoint URL as written.
     pub forward_path: bool,
+    /// With `encoding: elasticsearch`: index and credentials.
+    pub elasticsearch: ElasticsearchConfig,
+    /// With `encoding: splunk_hec`: token, envelope fields, acknowledgement.
+    pub splunk_hec: SplunkHecConfig,
     /// Extra request headers (an `Authorization` token, say).
     pub headers: BTreeMap<String, HeaderValueConfig>,
     /// Requests in flight at once with `encoding: passthrough` (one per
@@ -71,6 +75,8 @@ impl Default for HttpSinkConfig {
             batch: BatchConfig::default(),
             compression: Compression::AsReceived,
             forward_path: false,
+            elasticsearch: ElasticsearchConfig::default(),
+            splunk_hec: SplunkHecConfig::default(),
             headers: BTreeMap::new(),
             max_in_flight: 4,
             timeout_secs: 10,
@@ -150,6 +156,11 @@ pub enum Encoding {
     Ndjson,
     /// Events re-batched as one JSON array, `Content-Type: application/json`.
     JsonArray,
+    /// Events re-batched as Elasticsearch/OpenSearch `_bulk` `create`
+    /// actions (see [`ElasticsearchConfig`]).
+    Elasticsearch,
+    /// Events re-batched as Splunk HEC event envelopes (see [`SplunkHecConfig`]).
+    SplunkHec,
 }
 
 /// Request body compression.
@@ -439,6 +450,13 @@ impl HttpSinkConfig {
                     "give exactly one of value, value_from_file, value_from_env",
                 );
             }
+        }
+        match self.encoding {
+            Encoding::Elasticsearch => self
+                .elasticsearch
+                .validate(&format!("{prefix}.elasticsearch"))?,
+            Encoding::SplunkHec => self.splunk_hec.validate(&format!("{prefix}.splunk_hec"))?,
+            _ => {}
         }
         self.retry.validate(&format!("{prefix}.retry"))?;
         self.tls.validate(&format!("{prefix}.tls"))

@@ -100,11 +100,16 @@ impl ElasticsearchConfig {
     ///
     /// `(key under prefix, message)`.
     pub fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
-        let index = &self.index;
-        let mut rest = index.as_str();
+        let mut rest = self.index.as_str();
+        // The name with its date patterns taken out.
+        let mut index = String::new();
         while let Some(at) = rest.find('%') {
+            index.push_str(&rest[..at]);
             match rest.as_bytes().get(at + 1) {
-                Some(b'Y' | b'm' | b'd' | b'H' | b'%') => rest = &rest[at + 2..],
+                Some(b'Y' | b'm' | b'd' | b'H' | b'%') => {
+                    index.push('0');
+                    rest = &rest[at + 2..];
+                }
                 _ => {
                     return refuse(
                         format!("{prefix}.index"),
@@ -164,5 +169,61 @@ impl SplunkHecConfig {
             return refuse(format!("{prefix}.channel"), "must be a GUID");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn es_key(cfg: ElasticsearchConfig) -> Option<String> {
+        cfg.validate("sinks[0].elasticsearch").err().map(|(k, _)| k)
+    }
+
+    #[test]
+    fn bad_settings_are_named_by_their_key() {
+        let es = ElasticsearchConfig::default;
+        assert_eq!(es_key(es()), None);
+        for index in ["Audit", "audit %Y", "audit-%y", "_audit", ""] {
+            let cfg = ElasticsearchConfig {
+                index: index.into(),
+                ..es()
+            };
+            assert_eq!(
+                es_key(cfg).as_deref(),
+                Some("sinks[0].elasticsearch.index"),
+                "{index}"
+            );
+        }
+        let half = ElasticsearchConfig {
+            username: Some("u".into()),
+            ..es()
+        };
+        assert_eq!(
+            es_key(half).as_deref(),
+            Some("sinks[0].elasticsearch.password_file")
+        );
+        let both = ElasticsearchConfig {
+            username: Some("u".into()),
+            password_file: Some("p".into()),
+            api_key_file: Some("k".into()),
+            ..es()
+        };
+        assert_eq!(
+            es_key(both).as_deref(),
+            Some("sinks[0].elasticsearch.api_key_file")
+        );
+        let hec = SplunkHecConfig::default();
+        assert_eq!(
+            hec.validate("s").unwrap_err().0,
+            "s.token_file",
+            "the token is required"
+        );
+        let hec = SplunkHecConfig {
+            token_file: Some("t".into()),
+            ack_timeout_secs: 0,
+            ..hec
+        };
+        assert_eq!(hec.validate("s").unwrap_err().0, "s.ack_timeout_secs");
     }
 }

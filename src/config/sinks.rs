@@ -31,9 +31,9 @@ pub struct HttpSinkConfig {
     /// the endpoint URL as written.
     pub forward_path: bool,
     /// With `encoding: elasticsearch`: index and credentials.
-    pub elasticsearch: ElasticsearchConfig,
+    pub elasticsearch: Box<ElasticsearchConfig>,
     /// With `encoding: splunk_hec`: token, envelope fields, acknowledgement.
-    pub splunk_hec: SplunkHecConfig,
+    pub splunk_hec: Box<SplunkHecConfig>,
     /// Extra request headers (an `Authorization` token, say).
     pub headers: BTreeMap<String, HeaderValueConfig>,
     /// Requests in flight at once with `encoding: passthrough` (one per
@@ -75,8 +75,8 @@ impl Default for HttpSinkConfig {
             batch: BatchConfig::default(),
             compression: Compression::AsReceived,
             forward_path: false,
-            elasticsearch: ElasticsearchConfig::default(),
-            splunk_hec: SplunkHecConfig::default(),
+            elasticsearch: Box::default(),
+            splunk_hec: Box::default(),
             headers: BTreeMap::new(),
             max_in_flight: 4,
             timeout_secs: 10,

@@ -81,6 +81,7 @@ fn protocol(cluster: Arc<Mutex<Cluster>>) -> crate::protocol_server::Protocol {
             let index = meta["_index"].as_str().expect("a create action").to_owned();
             let id = meta["_id"].as_str().expect("an _id").to_owned();
             let source = pair[1].to_owned();
+            let stored_before = c.docs.contains_key(&(index.clone(), id.clone()));
             let (status, error) = if c.throttle_items > 0 {
                 c.throttle_items -= 1;
                 (
@@ -102,7 +103,7 @@ fn protocol(cluster: Arc<Mutex<Cluster>>) -> crate::protocol_server::Protocol {
                         "[1:2] failed to parse field [x-test-mapping] of type [long]",
                     )),
                 )
-            } else if c.docs.contains_key(&(index.clone(), id.clone())) {
+            } else if stored_before {
                 c.conflicts += 1;
                 (
                     409,
@@ -233,10 +234,10 @@ async fn every_bulk_item_is_read_429_retried_mapping_errors_dead_lettered_over_m
     );
     let dead = dir.path().join("dead.ndjson");
     let mut cfg = sink(&format!("https://localhost:{}", server.addr.port()));
-    cfg.elasticsearch = ElasticsearchConfig {
+    cfg.elasticsearch = Box::new(ElasticsearchConfig {
         api_key_file: Some(key),
         ..ElasticsearchConfig::default()
-    };
+    });
     cfg.tls = ClientTlsConfig {
         ca_file: Some(pki.ca.clone()),
         crt_file: Some(pki.client_crt.clone()),
@@ -263,17 +264,18 @@ async fn every_bulk_item_is_read_429_retried_mapping_errors_dead_lettered_over_m
     .await;
     // Each stored document is the event's own bytes, under the index of its
     // stageTimestamp's date and the _id of its (auditID, stage).
-    let c = cluster.lock().unwrap();
-    for (i, e) in evs.iter().enumerate() {
-        let stored = stored(&c, e, daily);
-        if [2, 6, 10].contains(&i) {
-            assert!(stored.is_none(), "refused event {i} stored");
-        } else {
-            assert_eq!(stored, Some(e.as_str()), "event {i}");
+    {
+        let c = cluster.lock().unwrap();
+        for (i, e) in evs.iter().enumerate() {
+            let stored = stored(&c, e, daily);
+            if [2, 6, 10].contains(&i) {
+                assert!(stored.is_none(), "refused event {i} stored");
+            } else {
+                assert_eq!(stored, Some(e.as_str()), "event {i}");
+            }
         }
+        assert!(c.bulk_requests >= 2, "the throttled items went again");
     }
-    assert!(c.bulk_requests >= 2, "the throttled items went again");
-    drop(c);
     let mut dead_ids: Vec<String> = std::fs::read_to_string(&dead)
         .unwrap()
         .lines()
@@ -306,12 +308,13 @@ async fn a_re_sent_batch_makes_no_duplicate() {
         async move { done }
     })
     .await;
-    let c = cluster.lock().unwrap();
-    assert_eq!((c.docs.len(), c.created, c.conflicts), (73, 73, 73));
-    for e in &evs {
-        assert_eq!(stored(&c, e, daily), Some(e.as_str()));
+    {
+        let c = cluster.lock().unwrap();
+        assert_eq!((c.docs.len(), c.created, c.conflicts), (73, 73, 73));
+        for e in &evs {
+            assert_eq!(stored(&c, e, daily), Some(e.as_str()));
+        }
     }
-    drop(c);
     let m = fwd.metrics().await;
     // A 409 on create means already stored: delivered, not dead-lettered.
     assert_eq!(metric(&m, "events_sent_total"), 146.0);
@@ -332,12 +335,12 @@ async fn an_outage_mid_load_loses_nothing_gzip_and_basic_auth() {
     let mut cfg = sink(&server.url());
     cfg.compression = Compression::Gzip;
     cfg.batch.max_events = 50;
-    cfg.elasticsearch = ElasticsearchConfig {
+    cfg.elasticsearch = Box::new(ElasticsearchConfig {
         index: "audit-%Y".into(),
         username: Some("elastic".into()),
         password_file: Some(password),
         ..ElasticsearchConfig::default()
-    };
+    });
     let fwd = Forwarder::start(with_sink(cfg)).await;
     let rounds = 20;
     let mut all = Vec::new();
@@ -359,13 +362,14 @@ async fn an_outage_mid_load_loses_nothing_gzip_and_basic_auth() {
         async move { n == total }
     })
     .await;
-    let c = cluster.lock().unwrap();
-    assert_eq!(c.created, all.len(), "one document per (auditID, stage)");
-    for e in &all {
-        let yearly = |d: &[String; 3]| format!("audit-{}", d[0]);
-        assert_eq!(stored(&c, e, yearly), Some(e.as_str()));
+    {
+        let c = cluster.lock().unwrap();
+        assert_eq!(c.created, all.len(), "one document per (auditID, stage)");
+        for e in &all {
+            let yearly = |d: &[String; 3]| format!("audit-{}", d[0]);
+            assert_eq!(stored(&c, e, yearly), Some(e.as_str()));
+        }
     }
-    drop(c);
     let m = fwd.metrics().await;
     assert!(metric(&m, "events_sent_total") >= all.len() as f64);
     assert!(metric(&m, "retries_total") >= 1.0);

@@ -200,11 +200,11 @@ impl Setup {
             name: "splunk".into(),
             endpoints: vec![self.server.url()],
             encoding: Encoding::SplunkHec,
-            splunk_hec: SplunkHecConfig {
+            splunk_hec: Box::new(SplunkHecConfig {
                 token_file: Some(self.token_file.clone()),
                 ack_interval_ms: 50,
                 ..SplunkHecConfig::default()
-            },
+            }),
             retry: RetryConfig {
                 initial_backoff_ms: 20,
                 max_backoff_secs: 1,
@@ -266,33 +266,34 @@ async fn envelopes_carry_the_event_bytes_its_time_and_the_configured_fields() {
     evs[0] = first.to_string();
     assert_eq!(fwd.post(event_list_of(&evs).as_bytes()).await.status, 200);
     wait_envelopes(&s, evs.len()).await;
-    let c = s.collector.lock().unwrap();
-    let body = c.bodies.concat();
-    for (e, env) in evs.iter().zip(&c.envelopes) {
-        // The event's own bytes are the envelope's `event`.
+    {
+        let c = s.collector.lock().unwrap();
+        let body = c.bodies.concat();
+        for (e, env) in evs.iter().zip(&c.envelopes) {
+            // The event's own bytes are the envelope's `event`.
+            assert!(
+                body.contains(&format!(r#""event":{e}}}"#)),
+                "event bytes kept"
+            );
+            assert_eq!(env["event"], json(e));
+            assert_eq!(env["host"], "cluster-a-apiserver");
+            assert_eq!(env["source"], "kube-audit-forwarder");
+            assert_eq!(env["sourcetype"], "kube:apiserver:audit");
+            assert_eq!(env["index"], "k8s_audit");
+            assert_eq!(env["fields"], json!({"cluster": "prod-eu"}));
+            // Without a stageTimestamp (the corpus's v1beta1 events) Splunk
+            // stamps the time it receives the event.
+            assert_eq!(
+                env.get("time").is_some(),
+                json(e).get("stageTimestamp").is_some()
+            );
+        }
         assert!(
-            body.contains(&format!(r#""event":{e}}}"#)),
-            "event bytes kept"
-        );
-        assert_eq!(env["event"], json(e));
-        assert_eq!(env["host"], "cluster-a-apiserver");
-        assert_eq!(env["source"], "kube-audit-forwarder");
-        assert_eq!(env["sourcetype"], "kube:apiserver:audit");
-        assert_eq!(env["index"], "k8s_audit");
-        assert_eq!(env["fields"], json!({"cluster": "prod-eu"}));
-        // Without a stageTimestamp (the corpus's v1beta1 events) Splunk
-        // stamps the time it receives the event.
-        assert_eq!(
-            env.get("time").is_some(),
-            json(e).get("stageTimestamp").is_some()
+            body.starts_with(r#"{"time":1714557600.123456,"host":"#),
+            "{}",
+            &body[..80]
         );
     }
-    assert!(
-        body.starts_with(r#"{"time":1714557600.123456,"host":"#),
-        "{}",
-        &body[..80]
-    );
-    drop(c);
     let m = fwd.metrics().await;
     assert_eq!(metric(&m, "events_sent_total"), evs.len() as f64);
     fwd.stop().await;
@@ -446,13 +447,14 @@ async fn with_acknowledgement_an_event_counts_as_sent_only_once_acknowledged() {
         async move { metric(&fwd.metrics().await, "events_sent_total") == 6.0 }
     })
     .await;
-    let c = s.collector.lock().unwrap();
-    assert_eq!(c.envelopes.len(), 6, "sent once");
-    assert_eq!(
-        c.channels,
-        HashSet::from(["2f1c9d52-4b0e-4d7a-9a63-1e5b8c0f7d24".to_owned()])
-    );
-    drop(c);
+    {
+        let c = s.collector.lock().unwrap();
+        assert_eq!(c.envelopes.len(), 6, "sent once");
+        assert_eq!(
+            c.channels,
+            HashSet::from(["2f1c9d52-4b0e-4d7a-9a63-1e5b8c0f7d24".to_owned()])
+        );
+    }
     fwd.stop().await;
 }
 

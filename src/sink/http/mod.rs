@@ -4,7 +4,10 @@
 //! that came gzipped goes out in its received bytes with `Content-Encoding:
 //! gzip` unless `compression: none` asks for it decompressed, and with
 //! `forward_path` the request's path and query follow the endpoint URL. With
-//! `ndjson` or `json_array` events are re-batched.
+//! `ndjson`, `json_array`, `elasticsearch` or `splunk_hec` events are
+//! re-batched; the bodies come from [`crate::sink::encode`]. Elasticsearch's
+//! and Splunk's answers are read for what they say of each event
+//! (`answers`).
 //!
 //! Delivery is at least once: a batch stays in the sink's queue (holding its
 //! room) until an endpoint answers 2xx, or rejects its content with one of
@@ -63,7 +66,7 @@ pub struct HttpSink {
     forward_path: bool,
     headers: auth::Headers,
     /// Splunk HEC indexer acknowledgement, when on.
-    hec_ack: Option<SplunkHecConfig>,
+    hec_ack: Option<Box<SplunkHecConfig>>,
     batch: BatchConfig,
     retry_statuses: Vec<StatusPattern>,
     reject_statuses: Vec<StatusPattern>,

@@ -21,7 +21,7 @@ pub struct HttpSinkConfig {
     pub balance: Balance,
     /// What each request carries.
     pub encoding: Encoding,
-    /// Re-batching for `ndjson` and `json_array`.
+    /// Re-batching for every encoding but `passthrough`.
     pub batch: BatchConfig,
     /// Request body compression.
     pub compression: Compression,
@@ -191,7 +191,7 @@ pub enum HttpVersion {
     Http2,
 }
 
-/// Re-batching of events for the `ndjson` and `json_array` encodings.
+/// Re-batching of events for every encoding but `passthrough`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {

@@ -43,6 +43,8 @@ struct Cluster {
     conflicts: usize,
     /// The next items to answer 429, whatever they are.
     throttle_items: usize,
+    /// The next items to answer 403 (the key lacks the index privilege).
+    forbid_items: usize,
     /// Sources containing this text get a 400 mapping error.
     refuse_containing: Option<String>,
     /// The `Authorization` value required, when set.
@@ -89,6 +91,15 @@ fn protocol(cluster: Arc<Mutex<Cluster>>) -> crate::protocol_server::Protocol {
                     Some((
                         "es_rejected_execution_exception",
                         "rejected execution of coordinating operation",
+                    )),
+                )
+            } else if c.forbid_items > 0 {
+                c.forbid_items -= 1;
+                (
+                    403,
+                    Some((
+                        "security_exception",
+                        "action [indices:data/write/bulk[s]] is unauthorized for API key",
                     )),
                 )
             } else if c
@@ -373,6 +384,33 @@ async fn an_outage_mid_load_loses_nothing_gzip_and_basic_auth() {
     let m = fwd.metrics().await;
     assert!(metric(&m, "events_sent_total") >= all.len() as f64);
     assert!(metric(&m, "retries_total") >= 1.0);
+    assert_eq!(metric(&m, "events_dead_lettered_total"), 0.0);
+    fwd.stop().await;
+}
+
+#[tokio::test]
+async fn items_refused_for_the_credentials_are_retried_as_unauthorized_not_dead_lettered() {
+    let cluster = Arc::new(Mutex::new(Cluster {
+        forbid_items: 3,
+        ..Cluster::default()
+    }));
+    let server = ProtocolServer::start(protocol(cluster.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = sink(&server.url());
+    cfg.dead_letter_file = Some(dir.path().join("dead.ndjson"));
+    let fwd = Forwarder::start(with_sink(cfg)).await;
+    let evs = events(0, 5);
+    assert_eq!(fwd.post(event_list_of(&evs).as_bytes()).await.status, 200);
+    eventually("all stored once the privilege is granted", || {
+        let n = cluster.lock().unwrap().docs.len();
+        async move { n == 5 }
+    })
+    .await;
+    let m = fwd.metrics().await;
+    assert_eq!(
+        m.get(r#"audit_forwarder_error_total{reason="unauthorized",sink="es"}"#),
+        3.0
+    );
     assert_eq!(metric(&m, "events_dead_lettered_total"), 0.0);
     fwd.stop().await;
 }

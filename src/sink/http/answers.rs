@@ -27,7 +27,7 @@ impl HttpSink {
         backoff: &mut Backoff,
     ) -> Option<Vec<EventRef>> {
         match &self.format {
-            Format::Bulk(_) => self.bulk_items(part, &answer, backoff).await,
+            Format::Bulk(_) => self.bulk_items(part, endpoint, &answer, backoff).await,
             Format::Hec(_) if self.hec_ack.is_some() => {
                 self.hec_acknowledged(part, raw_bytes, endpoint, &answer, backoff)
                     .await
@@ -45,6 +45,7 @@ impl HttpSink {
     async fn bulk_items(
         &self,
         part: Vec<EventRef>,
+        endpoint: usize,
         answer: &[u8],
         backoff: &mut Backoff,
     ) -> Option<Vec<EventRef>> {
@@ -67,7 +68,12 @@ impl HttpSink {
                     stored_bytes += event.event().raw.len() + 1;
                 }
                 Item::Retry(status) => {
-                    worst_retry = worst_retry.max(status);
+                    // Credentials first: they are what an operator must fix.
+                    worst_retry = match (worst_retry, status) {
+                        (401 | 403, _) => worst_retry,
+                        (_, 401 | 403) => status,
+                        _ => worst_retry.max(status),
+                    };
                     retry.push(event);
                 }
                 Item::Refused { status, error } => {
@@ -89,10 +95,14 @@ impl HttpSink {
             return None;
         }
         tracing::debug!(sink = %self.name, status = worst_retry, events = retry.len(), "bulk items not stored for now; sending them again");
-        let reason = if worst_retry >= 500 {
-            "http_5xx"
-        } else {
-            "http_4xx"
+        let reason = match worst_retry {
+            401 | 403 => {
+                let label = &self.endpoints.list[endpoint].label;
+                self.log_unauthorized(label, worst_retry);
+                "unauthorized"
+            }
+            500.. => "http_5xx",
+            _ => "http_4xx",
         };
         self.again(retry, reason, backoff).await
     }

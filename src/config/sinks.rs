@@ -37,7 +37,8 @@ pub struct HttpSinkConfig {
     /// Extra request headers (an `Authorization` token, say).
     pub headers: BTreeMap<String, HeaderValueConfig>,
     /// Requests in flight at once with `encoding: passthrough` (one per
-    /// webhook batch; the re-batching encodings send one at a time).
+    /// webhook batch) and with `splunk_hec.ack` (awaiting acknowledgement);
+    /// the other re-batching encodings send one at a time.
     pub max_in_flight: usize,
     /// Seconds one request may take, connecting included.
     pub timeout_secs: u64,

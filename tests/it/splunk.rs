@@ -434,6 +434,9 @@ async fn with_acknowledgement_an_event_counts_as_sent_only_once_acknowledged() {
     let mut cfg = s.sink();
     cfg.splunk_hec.ack = true;
     cfg.splunk_hec.channel = Some("2f1c9d52-4b0e-4d7a-9a63-1e5b8c0f7d24".into());
+    // Three requests of two events, all awaiting their acknowledgement at once.
+    cfg.batch.max_events = 2;
+    cfg.max_in_flight = 3;
     let fwd = Forwarder::start(with_sink(cfg)).await;
     let evs = events(6);
     assert_eq!(fwd.post(event_list_of(&evs).as_bytes()).await.status, 200);

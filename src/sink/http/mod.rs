@@ -324,6 +324,11 @@ impl HttpSink {
                 stop_checks.cancel();
                 return;
             }
+            Format::Hec(_) if self.hec_ack.is_some() => {
+                Arc::new(self).rebatch_acked(&mut input).await;
+                stop_checks.cancel();
+                return;
+            }
             _ => self.rebatch(&mut input).await,
         }
         stop_checks.cancel();
@@ -426,6 +431,78 @@ impl HttpSink {
                 held.pop_front();
             }
         }
+    }
+
+    /// Re-batches like [`Self::rebatch`], with up to `max_in_flight`
+    /// requests awaiting Splunk's indexer acknowledgement at once. Each
+    /// request holds the queued batches its events come from; a batch's room
+    /// in the queue is given back once every request holding it is done.
+    async fn rebatch_acked(self: Arc<Self>, input: &mut QueueReader) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_in_flight));
+        let mut requests = tokio::task::JoinSet::new();
+        let mut cursor: Option<(Arc<Delivery>, usize)> = None;
+        let mut closed = false;
+        while !closed || cursor.is_some() {
+            let mut chunk: Vec<EventRef> = Vec::new();
+            let mut holds: Vec<Arc<Delivery>> = Vec::new();
+            let mut bytes = 0usize;
+            let mut deadline: Option<Instant> = None;
+            loop {
+                if let Some((delivery, next)) = cursor.as_mut() {
+                    let batch = &delivery.batch;
+                    holds.push(delivery.clone());
+                    while *next < batch.events.len() && chunk.len() < self.batch.max_events {
+                        let size = batch.events[*next].raw.len() + 1;
+                        if !chunk.is_empty() && bytes + size > self.batch.max_bytes {
+                            break;
+                        }
+                        chunk.push(EventRef {
+                            batch: batch.clone(),
+                            index: *next,
+                        });
+                        bytes += size;
+                        *next += 1;
+                    }
+                    if *next == batch.events.len() {
+                        cursor = None;
+                    } else {
+                        break; // the chunk is full
+                    }
+                }
+                if chunk.len() >= self.batch.max_events || closed {
+                    break;
+                }
+                let wait = Duration::from_millis(self.batch.timeout_ms);
+                let next = match deadline {
+                    None if chunk.is_empty() => input.recv().await,
+                    _ => {
+                        let until = *deadline.get_or_insert_with(|| Instant::now() + wait);
+                        match tokio::time::timeout_at(until, input.recv()).await {
+                            Ok(next) => next,
+                            Err(_) => break,
+                        }
+                    }
+                };
+                match next {
+                    Some(d) => {
+                        deadline.get_or_insert_with(|| Instant::now() + wait);
+                        cursor = Some((Arc::new(d), 0));
+                    }
+                    None => closed = true,
+                }
+            }
+            if chunk.is_empty() {
+                continue;
+            }
+            let slot = slots.clone().acquire_owned().await.expect("never closed");
+            let sink = self.clone();
+            requests.spawn(async move {
+                sink.deliver_split(chunk).await;
+                drop((holds, slot));
+            });
+            while requests.try_join_next().is_some() {}
+        }
+        while requests.join_next().await.is_some() {}
     }
 
     /// Sends `events`, splitting a rejected request in halves down to the

@@ -68,6 +68,12 @@ fn protocol(cluster: Arc<Mutex<Cluster>>) -> crate::protocol_server::Protocol {
             return (404, json!({"error": "no handler", "status": 404}));
         }
         assert_eq!(req.header("content-type"), Some("application/x-ndjson"));
+        // What the forwarder reads of each item; the answer below is the full
+        // one, which holds these and more.
+        assert_eq!(
+            req.query,
+            "filter_path=items.*.status,items.*.error.type,items.*.error.reason"
+        );
         c.bulk_requests += 1;
         let text = String::from_utf8(req.body).unwrap();
         assert!(

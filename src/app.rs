@@ -334,6 +334,12 @@ impl Parts {
         if let Some(tls) = sink.tls() {
             watchers.extend(watch_sink_tls(cfg.name(), tls, &self.tls_metrics)?);
         }
+        if let Sink::Http(http) = &sink {
+            watchers.extend(
+                http.watch_credentials()
+                    .with_context(|| format!("sink {}", cfg.name()))?,
+            );
+        }
         // The sink's own view of each batch: policy, redaction, labels, dedup.
         let name = cfg.name();
         let state_dir = (self.config.buffer.kind == BufferKind::Disk)

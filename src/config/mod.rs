@@ -11,6 +11,7 @@
 //!
 //! `config/default.yaml` lists every key with its default.
 
+mod destinations;
 mod https;
 mod process;
 mod sinks;
@@ -18,6 +19,7 @@ mod types;
 
 use std::path::{Path, PathBuf};
 
+pub use destinations::*;
 pub use process::*;
 pub use sinks::*;
 pub use types::*;

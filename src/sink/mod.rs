@@ -3,6 +3,7 @@
 
 mod acked;
 pub mod deadletter;
+pub mod encode;
 pub mod fd;
 pub mod http;
 pub mod retry;
@@ -54,6 +55,8 @@ impl Sink {
                     "unauthorized",
                     "http_4xx",
                     "http_5xx",
+                    "bad_response",
+                    "ack_timeout",
                 ],
                 &["connect", "timeout", "connection"],
             ),

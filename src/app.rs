@@ -327,6 +327,9 @@ impl Parts {
             SinkConfig::Tcp(c) => {
                 Sink::Tcp(TcpSink::build(c).with_context(|| format!("sink {}", c.name))?)
             }
+            SinkConfig::Kafka(c) => Sink::Kafka(Box::new(
+                crate::sink::KafkaSink::build(c, metrics).with_context(|| format!("sink {}", c.name))?,
+            )),
         };
         let (errors, connection_errors) = sink.reasons();
         known.known_reasons(errors, connection_errors);

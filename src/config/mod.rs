@@ -12,12 +12,14 @@
 //! `config/default.yaml` lists every key with its default.
 
 mod https;
+mod kafka;
 mod process;
 mod sinks;
 mod types;
 
 use std::path::{Path, PathBuf};
 
+pub use kafka::*;
 pub use process::*;
 pub use sinks::*;
 pub use types::*;

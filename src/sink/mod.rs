@@ -5,6 +5,7 @@ mod acked;
 pub mod deadletter;
 pub mod fd;
 pub mod http;
+pub mod kafka;
 pub mod retry;
 pub mod stdout;
 pub mod tcp;
@@ -13,6 +14,7 @@ use tokio::io::AsyncWrite;
 
 use crate::pipeline::QueueReader;
 pub use http::HttpSink;
+pub use kafka::KafkaSink;
 pub use stdout::StdoutSink;
 pub use tcp::TcpSink;
 
@@ -27,6 +29,8 @@ pub enum Sink {
     Http(Box<HttpSink>),
     /// JSON lines over TCP.
     Tcp(TcpSink),
+    /// One Kafka message per event.
+    Kafka(Box<KafkaSink>),
 }
 
 impl Sink {
@@ -37,6 +41,7 @@ impl Sink {
             Self::Stdout(_) => None,
             Self::Http(s) => s.tls(),
             Self::Tcp(s) => s.tls(),
+            Self::Kafka(s) => s.tls(),
         }
     }
 
@@ -61,6 +66,7 @@ impl Sink {
                 &["connect", "timeout", "connection"],
                 &["connect", "timeout", "closed", "broken"],
             ),
+            Self::Kafka(_) => KafkaSink::reasons(),
         }
     }
 
@@ -70,6 +76,7 @@ impl Sink {
             Self::Stdout(s) => s.run(input).await,
             Self::Http(s) => s.run(input).await,
             Self::Tcp(s) => s.run(input).await,
+            Self::Kafka(s) => s.run(input).await,
         }
     }
 }

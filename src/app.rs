@@ -328,7 +328,8 @@ impl Parts {
                 Sink::Tcp(TcpSink::build(c).with_context(|| format!("sink {}", c.name))?)
             }
             SinkConfig::Kafka(c) => Sink::Kafka(Box::new(
-                crate::sink::KafkaSink::build(c, metrics).with_context(|| format!("sink {}", c.name))?,
+                crate::sink::KafkaSink::build(c, metrics)
+                    .with_context(|| format!("sink {}", c.name))?,
             )),
         };
         let (errors, connection_errors) = sink.reasons();

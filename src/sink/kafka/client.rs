@@ -121,7 +121,9 @@ pub(crate) fn producer(
         .set("retry.backoff.ms", cfg.retry.initial_backoff_ms.to_string())
         .set(
             "retry.backoff.max.ms",
-            (cfg.retry.max_backoff_secs * 1000).max(cfg.retry.initial_backoff_ms).to_string(),
+            (cfg.retry.max_backoff_secs * 1000)
+                .max(cfg.retry.initial_backoff_ms)
+                .to_string(),
         )
         .set(
             "reconnect.backoff.ms",
@@ -129,7 +131,9 @@ pub(crate) fn producer(
         )
         .set(
             "reconnect.backoff.max.ms",
-            (cfg.retry.max_backoff_secs * 1000).max(cfg.retry.initial_backoff_ms).to_string(),
+            (cfg.retry.max_backoff_secs * 1000)
+                .max(cfg.retry.initial_backoff_ms)
+                .to_string(),
         )
         // The sink bounds what it hands over; librdkafka's own queue only
         // needs room for that.
@@ -217,7 +221,11 @@ impl Files {
     pub(crate) fn of(cfg: &KafkaSinkConfig) -> Self {
         let mut paths: Vec<&PathBuf> = Vec::new();
         if cfg.tls.enabled {
-            paths.extend([&cfg.tls.ca_file, &cfg.tls.crt_file, &cfg.tls.key_file].into_iter().flatten());
+            paths.extend(
+                [&cfg.tls.ca_file, &cfg.tls.crt_file, &cfg.tls.key_file]
+                    .into_iter()
+                    .flatten(),
+            );
         }
         paths.extend(cfg.sasl.as_ref().map(|s| &s.password_file));
         Self(

@@ -218,7 +218,8 @@ impl KafkaSink {
                 }
             }
             let open: usize = flying.iter().map(InFlight::open_events).sum();
-            let room = !closed && !remake && (flying.is_empty() || open < self.cfg.max_in_flight_events);
+            let room =
+                !closed && !remake && (flying.is_empty() || open < self.cfg.max_in_flight_events);
             let watching = !self.files.is_empty() && !remake;
             tokio::select! {
                 biased;
@@ -308,7 +309,8 @@ impl KafkaSink {
                 self.metrics.error("timeout", timeouts as u64);
             }
             if again.len() > timeouts {
-                self.metrics.error("broker", (again.len() - timeouts) as u64);
+                self.metrics
+                    .error("broker", (again.len() - timeouts) as u64);
             }
             self.metrics.retries.inc_by(n);
             tracing::warn!(sink = %self.cfg.name, events = n, timeouts, "delivery failed; producing the events again");
@@ -393,7 +395,11 @@ impl KafkaSink {
             .take(10)
             .map(|&i| {
                 let e = &batch.events[i];
-                let id = e.meta.audit_id.map(|s| s.get(&batch.body)).unwrap_or_default();
+                let id = e
+                    .meta
+                    .audit_id
+                    .map(|s| s.get(&batch.body))
+                    .unwrap_or_default();
                 String::from_utf8_lossy(id).into_owned()
             })
             .collect();

@@ -62,7 +62,9 @@ pub struct KafkaSinkConfig {
     /// JSON-lines file for events a broker refused for good (too large,
     /// invalid); none when absent.
     pub dead_letter_file: Option<PathBuf>,
-    /// TLS, when `enabled` (`security.protocol` `ssl` or `sasl_ssl`).
+    /// TLS, when `enabled` (`security.protocol` `ssl` or `sasl_ssl`);
+    /// without `ca_file`, OpenSSL's system CA store. `server_name` is not
+    /// supported.
     pub tls: ClientTlsConfig,
     /// SASL authentication; none when absent.
     pub sasl: Option<SaslConfig>,
@@ -167,8 +169,10 @@ pub enum SaslMechanism {
     /// `PLAIN` (RFC 4616): the password in clear, so only over TLS.
     Plain,
     /// `SCRAM-SHA-256` (RFC 5802, RFC 7677).
+    #[serde(rename = "scram_sha_256")]
     ScramSha256,
     /// `SCRAM-SHA-512`.
+    #[serde(rename = "scram_sha_512")]
     ScramSha512,
 }
 
@@ -239,6 +243,12 @@ impl KafkaSinkConfig {
             && s.username.is_empty()
         {
             return missing(&format!("{prefix}.sasl.username"), "must not be empty");
+        }
+        if self.tls.server_name.is_some() {
+            return missing(
+                &format!("{prefix}.tls.server_name"),
+                "not supported by the kafka sink: give the brokers by the names their certificates hold",
+            );
         }
         self.retry.validate(&format!("{prefix}.retry"))?;
         self.tls.validate(&format!("{prefix}.tls"))

@@ -48,10 +48,15 @@ struct Received {
     value: Vec<u8>,
 }
 
-/// Reads the topic from the start until `n` messages arrived (or the
+/// Reads [`TOPIC`] from the start until `n` messages arrived (or the
 /// patience ran out), then a little longer for any extra ones.
 async fn consume(bootstrap: &str, n: usize) -> Vec<Received> {
-    let bootstrap = bootstrap.to_owned();
+    consume_topic(bootstrap, TOPIC, PARTITIONS, n).await
+}
+
+/// [`consume`] for any topic.
+async fn consume_topic(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> Vec<Received> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
@@ -60,8 +65,8 @@ async fn consume(bootstrap: &str, n: usize) -> Vec<Received> {
             .create()
             .expect("consumer");
         let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
                 .unwrap();
         }
         consumer.assign(&tpl).expect("assign");
@@ -223,14 +228,23 @@ async fn a_broker_outage_mid_load_back_pressures_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_the_size_limit_is_dead_lettered_alone() {
     let cluster = cluster(1);
+    // One partition: a webhook batch goes to the broker in one produce request.
+    cluster.create_topic("audit-one", 1, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let dead = dir.path().join("dead.jsonl");
     let fwd = Forwarder::start(kafka_config(&bootstrap, |k| {
+        k.topic = "audit-one".to_owned();
         k.message_max_bytes = 2000;
         k.dead_letter_file = Some(dead.clone());
     }))
     .await;
+    let sent = || async {
+        fwd.metrics()
+            .await
+            .get(r#"audit_forwarder_events_sent_total{sink="kafka"}"#)
+    };
+    // Larger than message_max_bytes: refused before it is sent.
     let big = "x".repeat(3000);
     let items: Vec<String> = (0..20)
         .map(|i| {
@@ -242,41 +256,104 @@ async fn a_message_over_the_size_limit_is_dead_lettered_alone() {
         })
         .collect();
     assert_eq!(fwd.post(event_list_of(&items).as_bytes()).await.status, 200);
-    // The broker refuses the next produce request whole: its messages are
-    // tried one by one, and all of them are taken.
+    eventually("the first batch sent", || async { sent().await == 18.0 }).await;
+    // Refused by the broker: its next produce request (the whole second
+    // batch) and the one after it (the first of that batch's events, tried
+    // alone) are answered MESSAGE_TOO_LARGE. Only that event is refused alone.
     cluster.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 2],
     );
-    let more = list(100..110);
-    assert_eq!(fwd.post(more.as_bytes()).await.status, 200);
-    let got = consume(&bootstrap, 28).await;
+    let more: Vec<String> = (100..110)
+        .map(|i| {
+            format!(
+                r#"{{"level":"Metadata","auditID":"{}","stage":"ResponseComplete","verb":"list"}}"#,
+                case_id(i)
+            )
+        })
+        .collect();
+    assert_eq!(fwd.post(event_list_of(&more).as_bytes()).await.status, 200);
+    eventually("the second batch sent", || async { sent().await == 27.0 }).await;
+    let got = consume_topic(&bootstrap, "audit-one", 1, 27).await;
     let mut ids: Vec<String> = got.iter().map(|m| audit_id_of(&m.value)).collect();
     ids.sort();
     let mut want: Vec<String> = (0..20)
         .filter(|&i| i != 3 && i != 11)
-        .chain(100..110)
+        .chain(101..110)
         .map(case_id)
         .collect();
     want.sort();
     assert_eq!(ids, want);
     let written = std::fs::read_to_string(&dead).unwrap();
-    assert_eq!(written, format!("{}\n{}\n", items[3], items[11]));
-    eventually("dead-lettered counted", || async {
-        fwd.metrics()
-            .await
-            .get(r#"audit_forwarder_events_dead_lettered_total{sink="kafka"}"#)
-            == 2.0
-    })
-    .await;
+    assert_eq!(
+        written,
+        format!("{}\n{}\n{}\n", items[3], items[11], more[0])
+    );
     let m = fwd.metrics().await;
-    assert_eq!(
-        m.get(r#"audit_forwarder_error_total{reason="refused",sink="kafka"}"#),
-        2.0
-    );
-    assert_eq!(
-        m.get(r#"audit_forwarder_events_sent_total{sink="kafka"}"#),
-        28.0
-    );
+    for (series, want) in [
+        (
+            r#"audit_forwarder_events_dead_lettered_total{sink="kafka"}"#,
+            3.0,
+        ),
+        (
+            r#"audit_forwarder_error_total{reason="refused",sink="kafka"}"#,
+            3.0,
+        ),
+        (r#"audit_forwarder_events_sent_total{sink="kafka"}"#, 27.0),
+    ] {
+        assert_eq!(m.get(series), want, "{series}");
+    }
     fwd.stop().await;
+}
+
+#[tokio::test]
+async fn tls_and_sasl_files_are_loaded_at_start_and_a_missing_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::pki::Ca::new("kafka test CA");
+    let client = ca.client("audit-forwarder", None);
+    let path = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (ca_file, crt, key) = (
+        path("ca.crt", &ca.pem),
+        path("tls.crt", &client.crt),
+        path("tls.key", &client.key),
+    );
+    let password = path("password", "s3cret\n");
+    let cfg = |password_file: std::path::PathBuf| {
+        kafka_config("127.0.0.1:1", |k| {
+            k.tls.enabled = true;
+            k.tls.ca_file = Some(ca_file.clone());
+            k.tls.crt_file = Some(crt.clone());
+            k.tls.key_file = Some(key.clone());
+            k.sasl = Some(kube_audit_forwarder::config::SaslConfig {
+                mechanism: kube_audit_forwarder::config::SaslMechanism::ScramSha512,
+                username: "audit-forwarder".to_owned(),
+                password_file,
+            });
+        })
+    };
+    // librdkafka takes the files (it loads them when the producer is made);
+    // the brokers are tried in the background, and what they never
+    // acknowledged is reported undelivered at shutdown.
+    let mut started = cfg(password.clone());
+    started.shutdown.deadline_secs = 1;
+    let fwd = Forwarder::start(started).await;
+    assert_eq!(fwd.post(list(0..3).as_bytes()).await.status, 200);
+    let report = fwd.stop().await;
+    assert_eq!(report.unfinished_sinks, vec!["kafka".to_owned()]);
+    assert_eq!(report.undelivered_events, 3);
+    let missing = dir.path().join("no-password");
+    let err = kube_audit_forwarder::app::App::new(cfg(missing.clone()))
+        .start()
+        .await
+        .err()
+        .expect("start fails");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("sasl.password_file") && msg.contains(&missing.display().to_string()),
+        "{msg}"
+    );
 }

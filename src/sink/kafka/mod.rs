@@ -41,10 +41,13 @@ use super::retry::Backoff;
 use crate::config::KafkaSinkConfig;
 use crate::metrics::SinkMetrics;
 use crate::pipeline::{Delivery, QueueReader};
+use crate::ratelimit::RateLimit;
 use crate::tls::OutboundTls;
 
 /// How often the TLS and SASL files are checked for changes.
 const FILES_CHECK: Duration = Duration::from_secs(10);
+/// Least time between two "producing again" log lines.
+const RETRY_LOG_PERIOD: Duration = Duration::from_secs(10);
 /// Pause before handing a message again to a producer whose queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
@@ -66,6 +69,8 @@ pub struct KafkaSink {
     dead_letter: Option<DeadLetter>,
     backoff: Backoff,
     metrics: SinkMetrics,
+    /// One "producing again" line per period during an outage.
+    retry_log: RateLimit,
 }
 
 /// A batch handed to the producer, waiting for its delivery reports.
@@ -185,6 +190,7 @@ impl KafkaSink {
                 Duration::from_secs(cfg.retry.max_backoff_secs),
             ),
             metrics,
+            retry_log: RateLimit::new(RETRY_LOG_PERIOD),
             cfg: Box::new(cfg.clone()),
         })
     }
@@ -313,7 +319,9 @@ impl KafkaSink {
                     .error("broker", (again.len() - timeouts) as u64);
             }
             self.metrics.retries.inc_by(n);
-            tracing::warn!(sink = %self.cfg.name, events = n, timeouts, "delivery failed; producing the events again");
+            if let Some(held_back) = self.retry_log.allow() {
+                tracing::warn!(sink = %self.cfg.name, events = n, timeouts, held_back, "delivery failed; producing the events again");
+            }
             if self.producer.client().fatal_error().is_some() {
                 self.remake().await;
             }

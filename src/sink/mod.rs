@@ -5,6 +5,7 @@ mod acked;
 pub mod deadletter;
 pub mod fd;
 pub mod http;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod retry;
 pub mod stdout;
@@ -14,6 +15,7 @@ use tokio::io::AsyncWrite;
 
 use crate::pipeline::QueueReader;
 pub use http::HttpSink;
+#[cfg(feature = "kafka")]
 pub use kafka::KafkaSink;
 pub use stdout::StdoutSink;
 pub use tcp::TcpSink;
@@ -30,6 +32,7 @@ pub enum Sink {
     /// JSON lines over TCP.
     Tcp(TcpSink),
     /// One Kafka message per event.
+    #[cfg(feature = "kafka")]
     Kafka(Box<KafkaSink>),
 }
 
@@ -41,6 +44,7 @@ impl Sink {
             Self::Stdout(_) => None,
             Self::Http(s) => s.tls(),
             Self::Tcp(s) => s.tls(),
+            #[cfg(feature = "kafka")]
             Self::Kafka(s) => s.tls(),
         }
     }
@@ -66,6 +70,7 @@ impl Sink {
                 &["connect", "timeout", "connection"],
                 &["connect", "timeout", "closed", "broken"],
             ),
+            #[cfg(feature = "kafka")]
             Self::Kafka(_) => KafkaSink::reasons(),
         }
     }
@@ -76,6 +81,7 @@ impl Sink {
             Self::Stdout(s) => s.run(input).await,
             Self::Http(s) => s.run(input).await,
             Self::Tcp(s) => s.run(input).await,
+            #[cfg(feature = "kafka")]
             Self::Kafka(s) => s.run(input).await,
         }
     }

@@ -327,6 +327,16 @@ impl Parts {
             SinkConfig::Tcp(c) => {
                 Sink::Tcp(TcpSink::build(c).with_context(|| format!("sink {}", c.name))?)
             }
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(c) => Sink::Kafka(Box::new(
+                crate::sink::KafkaSink::build(c, metrics)
+                    .with_context(|| format!("sink {}", c.name))?,
+            )),
+            #[cfg(not(feature = "kafka"))]
+            SinkConfig::Kafka(c) => anyhow::bail!(
+                "sink {}: this build has no kafka sink (built without the `kafka` feature)",
+                c.name
+            ),
         };
         let (errors, connection_errors) = sink.reasons();
         known.known_reasons(errors, connection_errors);

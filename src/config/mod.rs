@@ -13,6 +13,7 @@
 
 mod destinations;
 mod https;
+mod kafka;
 mod process;
 mod sinks;
 mod types;
@@ -20,6 +21,7 @@ mod types;
 use std::path::{Path, PathBuf};
 
 pub use destinations::*;
+pub use kafka::*;
 pub use process::*;
 pub use sinks::*;
 pub use types::*;

@@ -490,7 +490,7 @@ impl TcpSinkConfig {
 }
 
 impl RetryConfig {
-    fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
+    pub(super) fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
         if self.initial_backoff_ms == 0 || self.max_backoff_secs == 0 {
             return missing(
                 prefix,

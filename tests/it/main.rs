@@ -14,6 +14,8 @@ mod fuzz_regressions;
 mod harness;
 mod http_edge;
 mod interop;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod monitoring;
 mod pki;
 mod process;

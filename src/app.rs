@@ -21,7 +21,7 @@ use crate::buffer::DiskBuffer;
 use crate::config::{BufferKind, Config, SinkConfig};
 use crate::decode::DecodeOptions;
 use crate::metrics::{Metrics, SinkMetrics, TlsMetrics};
-use crate::pipeline::{Pipeline, QueueReader, QueueSpec};
+use crate::pipeline::{Listener, Pipeline, QueueReader, QueueSpec};
 use crate::process::{ProcessMetrics, Processor};
 use crate::reload::{ReloadError, ReloadReport};
 use crate::server::{self, ServeOptions};
@@ -354,8 +354,10 @@ impl Parts {
         let name = cfg.name();
         let state_dir = (self.config.buffer.kind == BufferKind::Disk)
             .then_some(self.config.buffer.path.as_path());
+        let source = &self.config.source;
         let processor = Processor::build(name, cfg.process(), state_dir, &self.process_metrics)
-            .with_context(|| format!("sink {name}"))?;
+            .with_context(|| format!("sink {name}"))?
+            .with_listener_labels(&source.http.labels, &source.https.labels);
         let processor = match processor.is_noop() {
             true => None,
             false => {
@@ -385,14 +387,19 @@ impl Parts {
     ) -> anyhow::Result<Vec<ListenerTask>> {
         let http_cfg = &cfg.source.http;
         let opts = ServeOptions::from_http(http_cfg);
-        let handler = Arc::new(Handler::new(
-            http_cfg,
-            cfg.decode.max_event_bytes,
-            cfg.pipeline.retry_after_secs,
-            self.pipeline.clone(),
-            self.metrics.clone(),
-            self.draining.clone(),
-        ));
+        let handler = |listener| {
+            Arc::new(
+                Handler::new(
+                    http_cfg,
+                    cfg.decode.max_event_bytes,
+                    cfg.pipeline.retry_after_secs,
+                    self.pipeline.clone(),
+                    self.metrics.clone(),
+                    self.draining.clone(),
+                )
+                .for_listener(listener),
+            )
+        };
         let mut started = Vec::new();
         if let Some(listener) = http {
             let stop = self.draining.child_token();
@@ -403,7 +410,7 @@ impl Parts {
                 listener,
                 http_cfg,
                 opts,
-                handler.clone(),
+                handler(Listener::Http),
                 open,
                 stop.clone(),
             )?;
@@ -424,7 +431,7 @@ impl Parts {
                 listener,
                 &cfg.source.https,
                 opts,
-                handler,
+                handler(Listener::Https),
                 self.tls_metrics.clone(),
                 open,
                 stop.clone(),

@@ -21,20 +21,23 @@
 //! the chain picked up again at the next record that validates.
 //!
 //! The payload is a request as the pass-through sinks relay it: a version
-//! byte (1), a flags byte (bit 0: the body is the gzip wire body), the length
-//! of the request's path and query (u16) and its bytes, then the body.
+//! byte (1), a flags byte (bit 0: the body is the gzip wire body; bit 1: the
+//! request came in on the HTTPS listener), the length of the request's path
+//! and query (u16) and its bytes, then the body.
 //! Decoding the body again gives each sink exactly the events it would have
 //! had from memory.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::pipeline::{Batch, Origin};
+use crate::pipeline::{Batch, Listener, Origin};
 
 /// Bytes of a record header.
 pub(crate) const HEADER: usize = 40;
 const MAGIC: [u8; 4] = *b"KAFW";
 const VERSION: u8 = 1;
 const GZIP: u8 = 1;
+/// Flag: the request came in on the HTTPS listener.
+const HTTPS: u8 = 2;
 
 /// A record header, as read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,10 +89,13 @@ pub(crate) fn record_size(len: usize) -> usize {
 /// The payload of `batch` in two parts, the short prefix (version, flags,
 /// path) and the body, so that the body is written from where it lies.
 pub(crate) fn payload(batch: &Batch) -> [Bytes; 2] {
-    let (flags, body) = match &batch.origin.gzip_wire {
+    let (mut flags, body) = match &batch.origin.gzip_wire {
         Some(wire) => (GZIP, wire),
         None => (0, &batch.body),
     };
+    if batch.origin.listener == Listener::Https {
+        flags |= HTTPS;
+    }
     let path = batch.origin.path_and_query.as_bytes();
     let path = &path[..path.len().min(usize::from(u16::MAX))];
     let mut prefix = BytesMut::with_capacity(4 + path.len());
@@ -114,6 +120,10 @@ pub(crate) fn parse_payload(p: Bytes) -> Option<(Bytes, bool, Origin)> {
     let origin = Origin {
         path_and_query,
         gzip_wire: gzip.then(|| body.clone()),
+        listener: match p[1] & HTTPS {
+            0 => Listener::Http,
+            _ => Listener::Https,
+        },
     };
     Some((body, gzip, origin))
 }
@@ -193,6 +203,7 @@ mod tests {
             Origin {
                 path_and_query: "/post?timeout=30s".into(),
                 gzip_wire: None,
+                listener: Listener::Https,
             },
         );
         let [prefix, rest] = payload(&batch);
@@ -200,6 +211,7 @@ mod tests {
         let (b, gzip, origin) = parse_payload(joined).unwrap();
         assert_eq!((b, gzip), (body, false));
         assert_eq!(origin.path_and_query, "/post?timeout=30s");
+        assert_eq!(origin.listener, Listener::Https);
         assert!(parse_payload(Bytes::from_static(b"\x02\x00\x00\x00")).is_none());
     }
 }

@@ -39,6 +39,10 @@ pub struct HttpsSourceConfig {
     pub handshake_timeout_secs: u64,
     /// Days before a certificate's notAfter from which a warning is logged.
     pub expiry_warning_days: u64,
+    /// Annotations set on every event received on this listener, for every
+    /// sink (a sink's own `process.labels` and `label_from_path` win for the
+    /// same key), e.g. `example.com/cluster: prod-eu-1`.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for HttpsSourceConfig {
@@ -54,6 +58,7 @@ impl Default for HttpsSourceConfig {
             bearer_token_file: PathBuf::new(),
             handshake_timeout_secs: 10,
             expiry_warning_days: 14,
+            labels: Default::default(),
         }
     }
 }

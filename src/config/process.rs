@@ -102,11 +102,7 @@ impl ProcessConfig {
                 ));
             }
         }
-        let plain = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-        };
+        let plain = is_annotation_key;
         for k in self.labels.keys() {
             if !plain(k) {
                 return Err((
@@ -137,4 +133,12 @@ impl ProcessConfig {
         }
         Ok(())
     }
+}
+
+/// Whether `s` may be a label's annotation key: letters, digits, `-`, `_`,
+/// `.` and `/`, not empty.
+pub(crate) fn is_annotation_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }

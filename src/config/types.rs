@@ -98,6 +98,10 @@ pub struct HttpSourceConfig {
     pub http2_keep_alive_interval_secs: u64,
     /// Seconds to wait for a PING's answer before closing the connection.
     pub http2_keep_alive_timeout_secs: u64,
+    /// Annotations set on every event received on this listener, for every
+    /// sink (a sink's own `process.labels` and `label_from_path` win for the
+    /// same key), e.g. `example.com/cluster: prod-eu-1`.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for HttpSourceConfig {
@@ -117,6 +121,7 @@ impl Default for HttpSourceConfig {
             http2_max_concurrent_streams: 100,
             http2_keep_alive_interval_secs: 30,
             http2_keep_alive_timeout_secs: 20,
+            labels: Default::default(),
         }
     }
 }
@@ -454,6 +459,17 @@ impl Config {
             .find(|(_, p)| !p.starts_with('/'))
         {
             return err(&format!("source.http.paths[{i}]"), "must start with '/'");
+        }
+        for (listener, labels) in [("http", &http.labels), ("https", &self.source.https.labels)] {
+            if let Some(k) = labels
+                .keys()
+                .find(|k| !super::process::is_annotation_key(k))
+            {
+                return err(
+                    &format!("source.{listener}.labels.{k}"),
+                    "an annotation key is letters, digits, '-', '_', '.' and '/'",
+                );
+            }
         }
         for (key, value) in [
             (

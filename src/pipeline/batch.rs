@@ -15,6 +15,18 @@ pub struct Origin {
     /// `Content-Encoding: gzip`; `None` when it came uncompressed (then
     /// [`Batch::body`] is the wire body).
     pub gzip_wire: Option<Bytes>,
+    /// The listener the request came in on.
+    pub listener: Listener,
+}
+
+/// A webhook listener (`source.http` or `source.https`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Listener {
+    /// The plain HTTP listener.
+    #[default]
+    Http,
+    /// The HTTPS listener.
+    Https,
 }
 
 /// The events of one accepted request, shared by every sink queue.

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use batch::{Batch, Origin};
+pub use batch::{Batch, Listener, Origin};
 pub use queue::{Delivery, QueueReader, READ_AHEAD_BYTES, WhenFull};
 
 use crate::buffer::{BufferRefusal, DiskBuffer, Progress};

@@ -8,10 +8,13 @@
 
 use super::json::{self, Edit};
 use super::view::View;
+use crate::pipeline::Listener;
 
 /// Where one label comes from.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Labels {
+    /// Of the HTTP and the HTTPS listener, set first.
+    listener: [Vec<(String, String)>; 2],
     fixed: Vec<(String, String)>,
     from_path: Option<(String, String)>,
 }
@@ -23,19 +26,34 @@ impl Labels {
     /// Static `fixed` pairs, and the annotation `key` set to the path segment
     /// that follows `prefix` when `from_path` is `Some((key, prefix))`.
     pub(crate) fn new(fixed: Vec<(String, String)>, from_path: Option<(String, String)>) -> Self {
-        Self { fixed, from_path }
+        Self {
+            listener: Default::default(),
+            fixed,
+            from_path,
+        }
+    }
+
+    /// Sets the labels of each listener, `[http, https]`, which the sink's
+    /// own labels override.
+    pub(crate) fn set_listener(&mut self, labels: [Vec<(String, String)>; 2]) {
+        self.listener = labels;
     }
 
     /// Whether this adds nothing.
     pub(crate) fn is_noop(&self) -> bool {
-        self.fixed.is_empty() && self.from_path.is_none()
+        self.fixed.is_empty() && self.from_path.is_none() && self.listener.iter().all(Vec::is_empty)
     }
 
-    /// The labels for a batch received at `path_and_query`.
-    pub(crate) fn resolve(&self, path_and_query: &str) -> Resolved {
-        let mut out: Resolved = self
-            .fixed
+    /// The labels for a batch received at `path_and_query` on `listener`.
+    pub(crate) fn resolve(&self, path_and_query: &str, listener: Listener) -> Resolved {
+        let by_listener = &self.listener[match listener {
+            Listener::Http => 0,
+            Listener::Https => 1,
+        }];
+        let mut out: Resolved = by_listener
             .iter()
+            .filter(|(k, _)| !self.fixed.iter().any(|(f, _)| f == k))
+            .chain(&self.fixed)
             .map(|(k, v)| (json::quote(k), json::quote(v)))
             .collect();
         if let Some((key, prefix)) = &self.from_path {
@@ -135,9 +153,13 @@ mod tests {
     use super::*;
 
     fn run(event: &str, labels: &Labels, path: &str) -> (String, usize) {
+        run_on(event, labels, path, Listener::Http)
+    }
+
+    fn run_on(event: &str, labels: &Labels, path: &str, on: Listener) -> (String, usize) {
         let v = View::new(event.as_bytes()).unwrap();
         let (mut edits, mut append) = (Vec::new(), Vec::new());
-        let n = Labels::edits(&v, &labels.resolve(path), &mut edits, &mut append);
+        let n = Labels::edits(&v, &labels.resolve(path, on), &mut edits, &mut append);
         let mut out = Vec::new();
         json::splice(v.raw, 0, v.raw.len() - 1, &mut edits, &mut out);
         if !append.is_empty() {
@@ -146,6 +168,52 @@ mod tests {
         }
         out.push(b'}');
         (String::from_utf8(out).unwrap(), n)
+    }
+
+    #[test]
+    fn a_listener_labels_its_requests_and_the_sink_and_path_win() {
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let mut l = Labels::new(
+            vec![pair("example.com/team", "sre")],
+            Some(("example.com/cluster".into(), "/post/".into())),
+        );
+        l.set_listener([
+            vec![
+                pair("example.com/cluster", "plain"),
+                pair("example.com/team", "x"),
+            ],
+            vec![
+                pair("example.com/cluster", "tls"),
+                pair("example.com/via", "https"),
+            ],
+        ]);
+        assert!(!l.is_noop());
+        let (out, n) = run_on(r#"{"a":1}"#, &l, "/post", Listener::Http);
+        assert_eq!(n, 2);
+        assert_eq!(
+            out,
+            r#"{"a":1,"annotations":{"example.com/cluster":"plain","example.com/team":"sre"}}"#
+        );
+        let (out, _) = run_on(r#"{"a":1}"#, &l, "/post", Listener::Https);
+        assert_eq!(
+            out,
+            r#"{"a":1,"annotations":{"example.com/cluster":"tls","example.com/via":"https","example.com/team":"sre"}}"#
+        );
+        let (out, _) = run_on(r#"{"a":1}"#, &l, "/post/eu-1", Listener::Https);
+        assert_eq!(
+            out,
+            r#"{"a":1,"annotations":{"example.com/via":"https","example.com/team":"sre","example.com/cluster":"eu-1"}}"#
+        );
+        let only_listener = {
+            let mut l = Labels::new(Vec::new(), None);
+            l.set_listener([Vec::new(), vec![pair("k", "v")]]);
+            l
+        };
+        assert!(!only_listener.is_noop());
+        assert_eq!(
+            run_on(r#"{"a":1}"#, &only_listener, "/", Listener::Http).1,
+            0
+        );
     }
 
     #[test]

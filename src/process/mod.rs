@@ -22,6 +22,7 @@ pub mod policy;
 mod redact;
 mod view;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -180,6 +181,20 @@ impl Processor {
         p
     }
 
+    /// Sets the labels each listener gives its requests' events (`[http,
+    /// https]`, from `source.http.labels` and `source.https.labels`); this
+    /// sink's own labels win for the same key.
+    pub fn with_listener_labels(
+        mut self,
+        http: &BTreeMap<String, String>,
+        https: &BTreeMap<String, String>,
+    ) -> Self {
+        let pairs =
+            |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.labels.set_listener([pairs(http), pairs(https)]);
+        self
+    }
+
     /// Whether this never changes a batch.
     pub fn is_noop(&self) -> bool {
         self.policy.is_none()
@@ -252,7 +267,9 @@ impl Processor {
             return (Processed::Same, None);
         }
         let policy = self.policy.as_ref().map(|p| p.current.load_full());
-        let labels = self.labels.resolve(&batch.origin.path_and_query);
+        let labels = self
+            .labels
+            .resolve(&batch.origin.path_and_query, batch.origin.listener);
         let mut counts = Counts::default();
         let mut keys = Vec::new();
         let mut window = self
@@ -512,6 +529,7 @@ fn rebuild(batch: &Batch, fates: Vec<Fate>) -> Batch {
     let origin = crate::pipeline::Origin {
         path_and_query: batch.origin.path_and_query.clone(),
         gzip_wire: None,
+        listener: batch.origin.listener,
     };
     Batch::with_origin(body, events, origin)
 }

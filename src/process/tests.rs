@@ -19,7 +19,7 @@ fn batch(items: &[String], path: &str) -> Batch {
     let events = decode(&body, &opts).expect("valid").events;
     let origin = Origin {
         path_and_query: path.to_owned(),
-        gzip_wire: None,
+        ..Origin::default()
     };
     Batch::with_origin(body, events, origin)
 }

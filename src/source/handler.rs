@@ -16,7 +16,7 @@ use super::error::{RequestError, json_response};
 use crate::config::HttpSourceConfig;
 use crate::decode::{DecodeError, DecodeOptions, Decoded};
 use crate::metrics::Metrics;
-use crate::pipeline::{Batch, Origin, Pipeline};
+use crate::pipeline::{Batch, Listener, Origin, Pipeline};
 use crate::ratelimit::RateLimit;
 use crate::server::ClientAddr;
 
@@ -39,6 +39,8 @@ pub struct Handler {
     busy_log: RateLimit,
     /// Every other refusal: one line per period.
     refusal_log: RateLimit,
+    /// The listener this handler answers for.
+    listener: Listener,
 }
 
 /// Who sent a request, for the log line of a refusal: enough to find a stray
@@ -113,7 +115,15 @@ impl Handler {
             draining,
             busy_log: RateLimit::new(Duration::from_secs(10)),
             refusal_log: RateLimit::new(Duration::from_secs(10)),
+            listener: Listener::Http,
         }
+    }
+
+    /// The same handler for requests that come in on `listener` (recorded
+    /// in each batch's origin).
+    pub fn for_listener(mut self, listener: Listener) -> Self {
+        self.listener = listener;
+        self
     }
 
     /// Answers one request. Never fails: every error becomes its HTTP answer.
@@ -202,6 +212,7 @@ impl Handler {
         let origin = Origin {
             path_and_query,
             gzip_wire: gzip.then(|| wire.clone()),
+            listener: self.listener,
         };
         self.pipeline
             .admit(Batch::with_origin(body, decoded.events, origin))

@@ -393,6 +393,9 @@ async fn read_lines(
     loop {
         let stalled = *mode.lock().unwrap() == TcpMode::Stall;
         tokio::select! {
+            // A command given before the mode changed is obeyed before any
+            // read: a reset stalled connection never delivers what it held.
+            biased;
             cmd = cmds.recv() => {
                 let stream = reader.into_inner();
                 match cmd {

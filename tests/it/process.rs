@@ -298,6 +298,44 @@ async fn two_clusters_are_labelled_apart_and_a_resent_batch_reaches_the_sink_onc
 }
 
 #[tokio::test]
+async fn each_listener_labels_what_it_receives_and_the_sink_label_wins() {
+    let p = crate::tls::pki();
+    let mut cfg = crate::pki::https_config(config(), &p.secret);
+    let set = |m: &mut std::collections::BTreeMap<String, String>, pairs: &[(&str, &str)]| {
+        m.extend(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    };
+    set(
+        &mut cfg.source.http.labels,
+        &[("example.com/cluster", "in-cluster"), ("example.com/team", "x")],
+    );
+    set(
+        &mut cfg.source.https.labels,
+        &[("example.com/cluster", "prod-eu-1"), ("example.com/via", "tls")],
+    );
+    set(&mut stdout_process(&mut cfg).labels, &[("example.com/team", "sre")]);
+    let fwd = Forwarder::start(cfg).await;
+    assert_eq!(post_to(&fwd, "/post", &list(0..2)).await, 200);
+    fwd.out.wait_lines(2).await;
+    let me = crate::pki::Client::new(&p.ca, Some(p.ca.client("kube-apiserver-audit", None)));
+    let mut h2 = me.open(fwd.https_addr.unwrap()).await.unwrap();
+    assert_eq!(h2.post(list(2..5).as_bytes(), &[]).await.unwrap().0, 200);
+    let lines = fwd.out.wait_lines(5).await;
+    assert_eq!(audit_ids(&lines), (0..5).map(case_id).collect::<Vec<_>>());
+    for (i, line) in lines.iter().enumerate() {
+        let a = &json(line)["annotations"];
+        let (cluster, via) = if i < 2 {
+            ("in-cluster", Value::Null)
+        } else {
+            ("prod-eu-1", json!("tls"))
+        };
+        assert_eq!(a["example.com/cluster"], cluster, "{line}");
+        assert_eq!(a["example.com/via"], via, "{line}");
+        assert_eq!(a["example.com/team"], "sre", "{line}");
+    }
+    fwd.stop().await;
+}
+
+#[tokio::test]
 async fn a_restart_inside_the_window_with_the_disk_buffer_keeps_the_dedup() {
     let dir = tempfile::tempdir().unwrap();
     let disk = |c: &mut Config| {

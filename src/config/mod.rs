@@ -14,12 +14,14 @@
 mod https;
 mod process;
 mod sinks;
+mod syslog;
 mod types;
 
 use std::path::{Path, PathBuf};
 
 pub use process::*;
 pub use sinks::*;
+pub use syslog::*;
 pub use types::*;
 
 /// Prefix of environment overrides, before the `__` separator.

@@ -3,6 +3,7 @@
 
 mod acked;
 pub mod deadletter;
+pub mod encode;
 pub mod fd;
 pub mod http;
 pub mod retry;

@@ -63,8 +63,8 @@ const SEVERITIES: [&str; 8] = [
 
 const FACILITIES: [&str; 24] = [
     "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
-    "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3",
-    "local4", "local5", "local6", "local7",
+    "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
 ];
 
 /// A keyword of `names` or a number below `names.len()`.
@@ -81,7 +81,9 @@ fn keyword_or_number<'de, D: serde::Deserializer<'de>>(
         S(String),
     }
     let found = match Raw::deserialize(d)? {
-        Raw::N(n) => u8::try_from(n).ok().filter(|&n| usize::from(n) < names.len()),
+        Raw::N(n) => u8::try_from(n)
+            .ok()
+            .filter(|&n| usize::from(n) < names.len()),
         Raw::S(s) => {
             let s = s.to_ascii_lowercase();
             names
@@ -89,7 +91,11 @@ fn keyword_or_number<'de, D: serde::Deserializer<'de>>(
                 .position(|n| *n == s)
                 .and_then(|i| u8::try_from(i).ok())
                 .or_else(|| aliases.iter().find(|(a, _)| *a == s).map(|&(_, n)| n))
-                .or_else(|| s.parse().ok().filter(|&n: &u8| usize::from(n) < names.len()))
+                .or_else(|| {
+                    s.parse()
+                        .ok()
+                        .filter(|&n: &u8| usize::from(n) < names.len())
+                })
         }
     };
     found.ok_or_else(|| {
@@ -239,7 +245,10 @@ impl SyslogConfig {
             return bad("app_name", "must be 1 to 48 printable US-ASCII characters");
         }
         if !self.hostname.is_empty() && !is_print_ascii(&self.hostname, 255, &[]) {
-            return bad("hostname", "must be up to 255 printable US-ASCII characters");
+            return bad(
+                "hostname",
+                "must be up to 255 printable US-ASCII characters",
+            );
         }
         if !is_print_ascii(&self.msgid, 32, &[]) {
             return bad(

@@ -16,10 +16,16 @@
 //!
 //! Writes are vectored: each event's bytes go from the request body to the
 //! socket without a copy (TLS copies them into records).
+//!
+//! With `encoding: syslog` each event is one syslog message
+//! ([`super::encode::syslog`]); an event whose message is over
+//! `syslog.max_message_bytes` is not sent but logged, counted and
+//! dead-lettered.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,8 +39,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::acked::unacked_bytes;
+use super::deadletter::DeadLetter;
+use super::encode::syslog::{Frame, SyslogEncoder};
 use super::retry::Backoff;
-use crate::config::TcpSinkConfig;
+use crate::config::{TcpEncoding, TcpSinkConfig};
+use crate::decode::Event;
 use crate::metrics::SinkMetrics;
 use crate::pipeline::{Delivery, QueueReader};
 use crate::tls::OutboundTls;
@@ -55,6 +64,8 @@ pub struct TcpSink {
     connect_timeout: Duration,
     backoff: Backoff,
     window: Duration,
+    encoding: LineEncoding,
+    dead_letter: Option<DeadLetter>,
 }
 
 /// A batch written but not yet known to be delivered.
@@ -63,6 +74,10 @@ struct Written {
     end: u64,
     at: Instant,
     delivery: Delivery,
+    /// Events written (those the encoding refused are not).
+    events: usize,
+    /// Bytes written for them, framing included.
+    bytes: u64,
 }
 
 /// One open connection.
@@ -111,6 +126,25 @@ impl TcpSink {
                 Duration::from_secs(cfg.retry.max_backoff_secs),
             ),
             window: Duration::from_millis(cfg.resend_window_ms),
+            encoding: match cfg.encoding {
+                TcpEncoding::JsonLines => LineEncoding::JsonLines,
+                TcpEncoding::Syslog => {
+                    LineEncoding::Syslog(Box::new(SyslogEncoder::new(&cfg.syslog)))
+                }
+            },
+            dead_letter: match &cfg.dead_letter_file {
+                Some(path) => {
+                    let dl = DeadLetter::new(path.clone());
+                    dl.check().map_err(|e| {
+                        anyhow::anyhow!(
+                            "dead_letter_file {}: cannot be opened for appending: {e}",
+                            path.display()
+                        )
+                    })?;
+                    Some(dl)
+                }
+                None => None,
+            },
         })
     }
 
@@ -161,10 +195,7 @@ impl TcpSink {
             let lost = self
                 .session(session, &mut input, &mut resend, &mut unconfirmed, &metrics)
                 .await;
-            let again: u64 = unconfirmed
-                .iter()
-                .map(|w| w.delivery.batch.events.len() as u64)
-                .sum();
+            let again: u64 = unconfirmed.iter().map(|w| w.events as u64).sum();
             match lost {
                 None => return,
                 Some(Lost::Closed) => {
@@ -240,6 +271,9 @@ impl TcpSink {
         let mut closed = false;
         let mut confirmed = Instant::now();
         loop {
+            // A batch not from `resend` is new: its refused events are
+            // dead-lettered once, not at each attempt.
+            let fresh = resend.is_empty();
             let next = if let Some(d) = resend.pop_front() {
                 Some(d)
             } else {
@@ -270,11 +304,17 @@ impl TcpSink {
                 closed = true;
                 continue;
             };
-            let started = Instant::now();
-            if let Err(e) = write_lines(&mut s.conn, &delivery).await {
-                resend.push_front(delivery);
-                return Some(Lost::Broken(e));
+            if fresh {
+                self.refuse(&delivery, metrics).await;
             }
+            let started = Instant::now();
+            let (events, bytes) = match write_lines(&mut s.conn, &delivery, &self.encoding).await {
+                Ok(written) => written,
+                Err(e) => {
+                    resend.push_front(delivery);
+                    return Some(Lost::Broken(e));
+                }
+            };
             metrics
                 .send_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -283,6 +323,8 @@ impl TcpSink {
                 end,
                 at: Instant::now(),
                 delivery,
+                events,
+                bytes,
             });
             // While batches keep coming the poll above never fires: check
             // here too, or a sink that catches up would not count what the
@@ -292,6 +334,54 @@ impl TcpSink {
                 confirmed = Instant::now();
             }
         }
+    }
+
+    /// Logs, counts and dead-letters the events of a new batch that the
+    /// encoding refuses (a syslog message over `max_message_bytes`); the
+    /// write path skips them. While the dead-letter file cannot be written
+    /// the write is tried again with backoff, holding the batch.
+    async fn refuse(&self, d: &Delivery, metrics: &SinkMetrics) {
+        let LineEncoding::Syslog(enc) = &self.encoding else {
+            return;
+        };
+        if !enc.has_limit() {
+            return;
+        }
+        let mut scratch = Vec::new();
+        let refused: Vec<&Event> = d
+            .batch
+            .events
+            .iter()
+            .filter(|e| {
+                scratch.clear();
+                enc.encode(&e.raw, &mut scratch).is_err()
+            })
+            .collect();
+        if refused.is_empty() {
+            return;
+        }
+        let n = refused.len() as u64;
+        metrics.error("message_too_long", n);
+        let ids: Vec<_> = refused
+            .iter()
+            .take(10)
+            .filter_map(|e| e.meta.audit_id)
+            .map(|s| String::from_utf8_lossy(s.get(&d.batch.body)).into_owned())
+            .collect();
+        tracing::error!(sink = %self.name, events = n, audit_ids = ?ids, "events over syslog.max_message_bytes are not sent");
+        if let Some(dl) = &self.dead_letter {
+            let mut backoff = self.backoff.clone();
+            let mut failing = false;
+            while let Err(e) = dl.append(refused.iter().copied()).await {
+                metrics.error("dead_letter_write", n);
+                if !failing {
+                    tracing::error!(sink = %self.name, file = %dl.path().display(), error = %e, events = n, "failed to write the dead-letter file; holding the events and retrying");
+                }
+                failing = true;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+        metrics.dead_lettered.inc_by(n);
     }
 
     /// Counts as delivered (and releases) the batches the peer has
@@ -309,30 +399,49 @@ impl TcpSink {
             if !done {
                 break;
             }
-            let d = unconfirmed.pop_front().expect("front exists").delivery;
-            metrics.events_sent.inc_by(d.batch.events.len() as u64);
-            metrics
-                .bytes_sent
-                .inc_by((d.batch.event_bytes() + d.batch.events.len()) as u64);
+            let w = unconfirmed.pop_front().expect("front exists");
+            metrics.events_sent.inc_by(w.events as u64);
+            metrics.bytes_sent.inc_by(w.bytes);
         }
     }
 }
 
-/// Writes the batch's events, each followed by a newline, with vectored writes.
+/// Writes the batch's events, each framed by [`frame`], with vectored
+/// writes. Returns the events written and their bytes.
 async fn write_lines<W: AsyncWrite + Unpin>(
     wr: &mut W,
     delivery: &Delivery,
-) -> std::io::Result<()> {
-    const NEWLINE: &[u8] = b"\n";
+    encoding: &LineEncoding,
+) -> std::io::Result<(usize, u64)> {
     const MAX_SLICES: usize = 512;
     let events = &delivery.batch.events;
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_SLICES.min(events.len() * 2));
-    for group in events.chunks(MAX_SLICES / 2) {
-        slices.clear();
-        for e in group {
-            slices.push(IoSlice::new(&e.raw));
-            slices.push(IoSlice::new(NEWLINE));
+    let mut scratch = Vec::new();
+    let mut frames = Vec::with_capacity(events.len().min(MAX_SLICES / 3));
+    let (mut count, mut bytes) = (0, 0);
+    for group in events.chunks(MAX_SLICES / 3) {
+        scratch.clear();
+        frames.clear();
+        frames.extend(
+            group
+                .iter()
+                .filter_map(|e| Some((e, frame(encoding, e, &mut scratch)?))),
+        );
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 3);
+        for (e, (head, f)) in &frames {
+            let parts = [
+                &scratch[head.clone()],
+                if f.event { &e.raw[..] } else { &[] },
+                f.tail,
+            ];
+            slices.extend(
+                parts
+                    .into_iter()
+                    .filter(|p| !p.is_empty())
+                    .map(IoSlice::new),
+            );
         }
+        count += frames.len();
+        bytes += slices.iter().map(|s| s.len() as u64).sum::<u64>();
         let mut bufs: &mut [IoSlice<'_>] = &mut slices;
         while !bufs.is_empty() {
             let n = wr.write_vectored(bufs).await?;
@@ -342,7 +451,33 @@ async fn write_lines<W: AsyncWrite + Unpin>(
             IoSlice::advance_slices(&mut bufs, n);
         }
     }
-    wr.flush().await
+    wr.flush().await?;
+    Ok((count, bytes))
+}
+
+// ---- per-event encoding: the hook the write path calls ---------------------
+
+/// What the sink writes for each event (`encoding`).
+enum LineEncoding {
+    /// The event's bytes and a newline.
+    JsonLines,
+    /// One syslog message per event.
+    Syslog(Box<SyslogEncoder>),
+}
+
+/// Frames one event: appends to `scratch` what goes before the event's own
+/// bytes and returns its range there with the [`Frame`] that says what
+/// follows. `None` for an event the encoding refuses (not sent).
+fn frame(enc: &LineEncoding, e: &Event, scratch: &mut Vec<u8>) -> Option<(Range<usize>, Frame)> {
+    let start = scratch.len();
+    let f = match enc {
+        LineEncoding::JsonLines => Frame {
+            event: true,
+            tail: b"\n",
+        },
+        LineEncoding::Syslog(s) => s.encode(&e.raw, scratch).ok()?,
+    };
+    Some((start..scratch.len(), f))
 }
 
 /// A TCP stream that counts the bytes written to the socket (below TLS).

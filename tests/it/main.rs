@@ -19,6 +19,7 @@ mod process;
 mod prometheus;
 mod reload;
 mod sinks;
+mod syslog;
 mod tls;
 mod tls_interop;
 mod tls_rotation;

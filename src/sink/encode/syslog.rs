@@ -167,6 +167,11 @@ impl SyslogEncoder {
         }
     }
 
+    /// Whether `max_message_bytes` limits the messages.
+    pub fn has_limit(&self) -> bool {
+        self.max > 0
+    }
+
     /// Appends to `out` the bytes that put the event `raw` (its JSON) on the
     /// stream, up to where the event's own bytes go; the returned [`Frame`]
     /// says what follows. On `Err` nothing is appended.
@@ -233,10 +238,13 @@ impl SyslogEncoder {
     fn cef(&self, f: &Fields<'_>, severity: u8, raw: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&self.cef_head);
         let verb = f.verb.as_deref().unwrap_or("unknown");
-        let resource = f.resource.as_deref().map(|r| match f.subresource.as_deref() {
-            Some(sub) => Cow::Owned(format!("{r}/{sub}")),
-            None => Cow::Borrowed(r),
-        });
+        let resource = f
+            .resource
+            .as_deref()
+            .map(|r| match f.subresource.as_deref() {
+                Some(sub) => Cow::Owned(format!("{r}/{sub}")),
+                None => Cow::Borrowed(r),
+            });
         let what = resource.as_deref().or(f.uri.as_deref());
         cef_header_escape(verb, out);
         if let Some(r) = &resource {
@@ -261,7 +269,11 @@ impl SyslogEncoder {
         ext.opt("cat", f.stage.as_deref());
         ext.opt("act", f.verb.as_deref());
         ext.opt("suser", f.username.as_deref());
-        match f.source_ip.as_deref().map(|s| (s, s.parse::<std::net::IpAddr>())) {
+        match f
+            .source_ip
+            .as_deref()
+            .map(|s| (s, s.parse::<std::net::IpAddr>()))
+        {
             Some((s, Ok(std::net::IpAddr::V4(_)))) => ext.put("src", s),
             Some((s, Ok(std::net::IpAddr::V6(_)))) => {
                 ext.put("c6a2", s);
@@ -387,16 +399,12 @@ impl<'a> Timestamp<'a> {
         let b = s.as_bytes();
         let digits = |r: Range<usize>| -> Option<i64> {
             let d = b.get(r)?;
-            d.iter().all(u8::is_ascii_digit).then(|| {
-                d.iter()
-                    .fold(0i64, |n, &c| n * 10 + i64::from(c - b'0'))
-            })
+            d.iter()
+                .all(u8::is_ascii_digit)
+                .then(|| d.iter().fold(0i64, |n, &c| n * 10 + i64::from(c - b'0')))
         };
         let seps = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
-        if b.len() < 20
-            || seps.iter().any(|&(i, c)| b[i] != c)
-            || !matches!(b[10], b'T' | b't')
-        {
+        if b.len() < 20 || seps.iter().any(|&(i, c)| b[i] != c) || !matches!(b[10], b'T' | b't') {
             return None;
         }
         let (mo, d, h, mi, sec) = (
@@ -460,8 +468,8 @@ impl<'a> Timestamp<'a> {
     fn epoch_millis(&self) -> i64 {
         let n = |r: Range<usize>| self.date_time[r].parse::<i64>().unwrap_or(0);
         let days = days_from_civil(n(0..4), n(5..7), n(8..10));
-        let secs = days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
-            - self.offset_min * 60;
+        let secs =
+            days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19) - self.offset_min * 60;
         let millis = format!("{:0<3}", &self.frac[..self.frac.len().min(3)])
             .parse::<i64>()
             .unwrap_or(0);
@@ -501,7 +509,9 @@ fn push_num(n: u64, out: &mut Vec<u8>) {
 /// Appends `v` when it is 1–`max` printable US-ASCII characters, else `-`.
 fn push_token(v: Option<&str>, max: usize, out: &mut Vec<u8>) {
     match v {
-        Some(v) if crate::config::is_print_ascii(v, max, &[]) => out.extend_from_slice(v.as_bytes()),
+        Some(v) if crate::config::is_print_ascii(v, max, &[]) => {
+            out.extend_from_slice(v.as_bytes())
+        }
         _ => out.push(b'-'),
     }
 }
@@ -624,7 +634,9 @@ mod tests {
         let s = framed(&enc, raw);
         assert_eq!(
             unframe(&s),
-            format!("<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - \u{feff}{raw}")
+            format!(
+                "<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - \u{feff}{raw}"
+            )
         );
     }
 
@@ -729,7 +741,10 @@ mod tests {
                 String::from_utf8(out).unwrap()
             })
         };
-        assert_eq!(t("2026-01-02t03:04:05z").as_deref(), Some("2026-01-02T03:04:05Z"));
+        assert_eq!(
+            t("2026-01-02t03:04:05z").as_deref(),
+            Some("2026-01-02T03:04:05Z")
+        );
         assert_eq!(
             t("2026-01-02T03:04:05.123456789+05:30").as_deref(),
             Some("2026-01-02T03:04:05.123456+05:30")
@@ -787,7 +802,9 @@ mod tests {
         let enc = SyslogEncoder::with_hostname(&c, "h");
         let s = framed(&enc, EVENT);
         let cef = s
-            .strip_prefix("<134>1 2026-01-02T03:04:05.123456Z h kube-apiserver-audit - ResponseComplete - ")
+            .strip_prefix(
+                "<134>1 2026-01-02T03:04:05.123456Z h kube-apiserver-audit - ResponseComplete - ",
+            )
             .unwrap();
         assert_eq!(
             cef,

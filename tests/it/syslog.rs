@@ -394,3 +394,57 @@ async fn rsyslog_stopped_and_restarted_mid_load_loses_nothing() {
     );
     fwd.stop().await;
 }
+
+#[tokio::test]
+async fn messages_over_max_message_bytes_are_dead_lettered_exactly() {
+    let rsyslog = Rsyslog::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let mut sink = syslog_sink(
+        rsyslog.endpoint(),
+        SyslogConfig {
+            max_message_bytes: 1200,
+            ..SyslogConfig::default()
+        },
+    );
+    sink.dead_letter_file = Some(dead.clone());
+    let items = corpus_items();
+    // A header is under 100 bytes: no event is near the limit.
+    assert!(items.iter().all(|i| !(1000..1300).contains(&i.len())));
+    let (big, small): (Vec<String>, Vec<String>) =
+        items.iter().cloned().partition(|i| i.len() > 1200);
+    assert!(!big.is_empty() && !small.is_empty());
+    let fwd = Forwarder::start(forwarder_config(sink)).await;
+    assert_eq!(fwd.post(event_list_of(&items).as_bytes()).await.status, 200);
+    let got = rsyslog.wait_messages(small.len()).await;
+    let msgs: Vec<String> = got.into_iter().map(|m| m.msg).collect();
+    assert_eq!(sorted(msgs), sorted(small.clone()));
+    let dead_lines: Vec<String> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(dead_lines, big, "exactly the refused events, in order");
+    let m = fwd.metrics().await;
+    let series = |name: &str| m.get(&format!("audit_forwarder_{name}"));
+    assert_eq!(
+        series(r#"events_dead_lettered_total{sink="syslog"}"#),
+        big.len() as f64
+    );
+    assert_eq!(
+        series(r#"error_total{reason="message_too_long",sink="syslog"}"#),
+        big.len() as f64
+    );
+    eventually("the rest counted as sent", || {
+        let fwd = &fwd;
+        let n = small.len() as f64;
+        async move {
+            fwd.metrics()
+                .await
+                .get(r#"audit_forwarder_events_sent_total{sink="syslog"}"#)
+                == n
+        }
+    })
+    .await;
+    fwd.stop().await;
+}

@@ -283,3 +283,67 @@ impl SyslogConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::config::{SinkConfig, load};
+
+    fn syslog_of(yaml: &str) -> Result<SyslogConfig, String> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let text = format!(
+            "sinks:\n  - type: tcp\n    endpoint: \"h:1\"\n    encoding: syslog\n    syslog:\n{yaml}"
+        );
+        f.write_all(text.as_bytes()).unwrap();
+        match load(Some(f.path()), Vec::new())
+            .map_err(|e| e.to_string())?
+            .sinks
+            .remove(0)
+        {
+            SinkConfig::Tcp(t) => Ok(t.syslog),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn keywords_numbers_and_case_of_names_are_kept() {
+        let s = syslog_of(
+            "      facility: 13\n      severity: {default: NOTICE, failed: err}\n      structured_data:\n        exampleSDID@32473: {eventID: \"1011\"}\n",
+        )
+        .unwrap();
+        assert_eq!(s.facility, Facility(13));
+        assert_eq!(s.severity.default, Severity(5));
+        assert_eq!(s.severity.failed, Severity(3));
+        assert_eq!(
+            s.structured_data["exampleSDID@32473"]["eventID"], "1011",
+            "SD-IDs and PARAM-NAMEs are case-sensitive (RFC 5424 §6.3.2)"
+        );
+        assert_eq!(
+            syslog_of("      facility: local7\n").unwrap().facility,
+            Facility(23)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (yaml, key) in [
+            ("      facility: 24\n", "syslog.facility"),
+            ("      severity: {failed: loud}\n", "syslog.severity.failed"),
+            ("      app_name: \"a b\"\n", "syslog.app_name"),
+            ("      msgid: \"\"\n", "syslog.msgid"),
+            (
+                "      structured_data: {\"a b@1\": {}}\n",
+                "syslog.structured_data",
+            ),
+            (
+                "      structured_data: {\"a@1\": {\"x=y\": v}}\n",
+                "syslog.structured_data.a@1.x=y",
+            ),
+        ] {
+            let msg = syslog_of(yaml).unwrap_err();
+            assert!(msg.contains(&format!("sinks[0].{key}")), "{yaml}: {msg}");
+        }
+    }
+}

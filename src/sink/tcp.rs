@@ -64,8 +64,8 @@ pub struct TcpSink {
     connect_timeout: Duration,
     backoff: Backoff,
     window: Duration,
-    encoding: LineEncoding,
-    dead_letter: Option<DeadLetter>,
+    /// Boxed: most sinks use JSON lines, and the `Sink` enum stays small.
+    encoding: Box<Encoding>,
 }
 
 /// A batch written but not yet known to be delivered.
@@ -126,25 +126,27 @@ impl TcpSink {
                 Duration::from_secs(cfg.retry.max_backoff_secs),
             ),
             window: Duration::from_millis(cfg.resend_window_ms),
-            encoding: match cfg.encoding {
-                TcpEncoding::JsonLines => LineEncoding::JsonLines,
-                TcpEncoding::Syslog => {
-                    LineEncoding::Syslog(Box::new(SyslogEncoder::new(&cfg.syslog)))
-                }
-            },
-            dead_letter: match &cfg.dead_letter_file {
-                Some(path) => {
-                    let dl = DeadLetter::new(path.clone());
-                    dl.check().map_err(|e| {
-                        anyhow::anyhow!(
-                            "dead_letter_file {}: cannot be opened for appending: {e}",
-                            path.display()
-                        )
-                    })?;
-                    Some(dl)
-                }
-                None => None,
-            },
+            encoding: Box::new(Encoding {
+                lines: match cfg.encoding {
+                    TcpEncoding::JsonLines => LineEncoding::JsonLines,
+                    TcpEncoding::Syslog => {
+                        LineEncoding::Syslog(Box::new(SyslogEncoder::new(&cfg.syslog)))
+                    }
+                },
+                dead_letter: match &cfg.dead_letter_file {
+                    Some(path) => {
+                        let dl = DeadLetter::new(path.clone());
+                        dl.check().map_err(|e| {
+                            anyhow::anyhow!(
+                                "dead_letter_file {}: cannot be opened for appending: {e}",
+                                path.display()
+                            )
+                        })?;
+                        Some(dl)
+                    }
+                    None => None,
+                },
+            }),
         })
     }
 
@@ -308,13 +310,14 @@ impl TcpSink {
                 self.refuse(&delivery, metrics).await;
             }
             let started = Instant::now();
-            let (events, bytes) = match write_lines(&mut s.conn, &delivery, &self.encoding).await {
-                Ok(written) => written,
-                Err(e) => {
-                    resend.push_front(delivery);
-                    return Some(Lost::Broken(e));
-                }
-            };
+            let (events, bytes) =
+                match write_lines(&mut s.conn, &delivery, &self.encoding.lines).await {
+                    Ok(written) => written,
+                    Err(e) => {
+                        resend.push_front(delivery);
+                        return Some(Lost::Broken(e));
+                    }
+                };
             metrics
                 .send_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -341,7 +344,7 @@ impl TcpSink {
     /// write path skips them. While the dead-letter file cannot be written
     /// the write is tried again with backoff, holding the batch.
     async fn refuse(&self, d: &Delivery, metrics: &SinkMetrics) {
-        let LineEncoding::Syslog(enc) = &self.encoding else {
+        let LineEncoding::Syslog(enc) = &self.encoding.lines else {
             return;
         };
         if !enc.has_limit() {
@@ -369,7 +372,7 @@ impl TcpSink {
             .map(|s| String::from_utf8_lossy(s.get(&d.batch.body)).into_owned())
             .collect();
         tracing::error!(sink = %self.name, events = n, audit_ids = ?ids, "events over syslog.max_message_bytes are not sent");
-        if let Some(dl) = &self.dead_letter {
+        if let Some(dl) = &self.encoding.dead_letter {
             let mut backoff = self.backoff.clone();
             let mut failing = false;
             while let Err(e) = dl.append(refused.iter().copied()).await {
@@ -456,6 +459,12 @@ async fn write_lines<W: AsyncWrite + Unpin>(
 }
 
 // ---- per-event encoding: the hook the write path calls ---------------------
+
+/// The sink's per-event encoding, and where the events it refuses go.
+struct Encoding {
+    lines: LineEncoding,
+    dead_letter: Option<DeadLetter>,
+}
 
 /// What the sink writes for each event (`encoding`).
 enum LineEncoding {

@@ -450,9 +450,9 @@ impl<'a> Timestamp<'a> {
     }
 
     fn write_rfc5424(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.date_time[..10].as_bytes());
+        out.extend_from_slice(&self.date_time.as_bytes()[..10]);
         out.push(b'T');
-        out.extend_from_slice(self.date_time[11..].as_bytes());
+        out.extend_from_slice(&self.date_time.as_bytes()[11..]);
         if !self.frac.is_empty() {
             out.push(b'.');
             out.extend_from_slice(self.frac.as_bytes());

@@ -357,7 +357,7 @@ impl TcpSink {
             .iter()
             .filter(|e| {
                 scratch.clear();
-                enc.encode(&e.raw, &mut scratch).is_err()
+                enc.encode(e, &mut scratch).is_err()
             })
             .collect();
         if refused.is_empty() {
@@ -484,7 +484,7 @@ fn frame(enc: &LineEncoding, e: &Event, scratch: &mut Vec<u8>) -> Option<(Range<
             event: true,
             tail: b"\n",
         },
-        LineEncoding::Syslog(s) => s.encode(&e.raw, scratch).ok()?,
+        LineEncoding::Syslog(s) => s.encode(e, scratch).ok()?,
     };
     Some((start..scratch.len(), f))
 }

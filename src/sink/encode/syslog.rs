@@ -50,6 +50,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::config::{SyslogConfig, SyslogFormat, SyslogFraming};
+use crate::decode::{Event, Stage};
 use crate::process::json;
 
 /// What follows the bytes an encoder appended for one event.
@@ -172,16 +173,17 @@ impl SyslogEncoder {
         self.max > 0
     }
 
-    /// Appends to `out` the bytes that put the event `raw` (its JSON) on the
-    /// stream, up to where the event's own bytes go; the returned [`Frame`]
-    /// says what follows. On `Err` nothing is appended.
+    /// Appends to `out` the bytes that put event `e` on the stream, up to
+    /// where the event's own bytes go; the returned [`Frame`] says what
+    /// follows. On `Err` nothing is appended.
     ///
     /// # Errors
     ///
     /// [`TooLong`] when the framed message is over `max_message_bytes`.
-    pub fn encode(&self, raw: &[u8], out: &mut Vec<u8>) -> Result<Frame, TooLong> {
+    pub fn encode(&self, e: &Event, out: &mut Vec<u8>) -> Result<Frame, TooLong> {
         let start = out.len();
-        let f = Fields::of(raw);
+        let raw = &e.raw[..];
+        let f = self.fields(e);
         let severity = if f.failed() {
             self.failed
         } else {
@@ -232,6 +234,30 @@ impl SyslogEncoder {
             });
         }
         Ok(Frame { event, tail })
+    }
+
+    /// The fields the message needs. With MSG the event's JSON, the stage
+    /// and status the decoder read are used, and `stageTimestamp` is found
+    /// from the end of the event (where the API server writes it, after the
+    /// request and response objects), so the event is not walked; anything
+    /// else is read in one walk over the event's top level.
+    fn fields<'a>(&self, e: &'a Event) -> Fields<'a> {
+        if self.format == SyslogFormat::Json
+            && self.msgid != MsgId::Verb
+            && let Some(stage) = e.meta.stage.and_then(stage_name)
+        {
+            let timestamp = match last_stage_timestamp(&e.raw) {
+                Some(t) => Some(t),
+                None => Fields::of(&e.raw).timestamp,
+            };
+            return Fields {
+                timestamp,
+                stage: Some(Cow::Borrowed(stage)),
+                code: e.meta.code.map(u64::from),
+                ..Fields::default()
+            };
+        }
+        Fields::of(&e.raw)
     }
 
     /// Appends the CEF record of `f`.
@@ -303,6 +329,48 @@ impl SyslogEncoder {
             ext.put("rawEvent", &String::from_utf8_lossy(raw));
         }
     }
+}
+
+/// The name of a stage the decoder knows; `None` for any other.
+fn stage_name(s: Stage) -> Option<&'static str> {
+    Some(match s {
+        Stage::RequestReceived => "RequestReceived",
+        Stage::ResponseStarted => "ResponseStarted",
+        Stage::ResponseComplete => "ResponseComplete",
+        Stage::Panic => "Panic",
+        Stage::Other => return None,
+    })
+}
+
+/// The value of the top-level `stageTimestamp` when it is the event's last
+/// member but for members after it that close the event: its last
+/// occurrence, checked to be at the top level by walking what follows it to
+/// the event's final `}`. `None` when that does not hold.
+fn last_stage_timestamp(raw: &[u8]) -> Option<Cow<'_, str>> {
+    const KEY: &[u8] = br#""stageTimestamp":"#;
+    let at = memchr::memmem::rfind(raw, KEY)?;
+    if !matches!(raw.get(at.checked_sub(1)?), Some(b',' | b'{')) {
+        return None;
+    }
+    let value = json::skip_ws(raw, at + KEY.len());
+    let end = json::value_end(raw, value)?;
+    let mut i = json::skip_ws(raw, end);
+    while raw.get(i) == Some(&b',') {
+        let key = json::skip_ws(raw, i + 1);
+        if raw.get(key) != Some(&b'"') {
+            return None;
+        }
+        let colon = json::skip_ws(raw, json::value_end(raw, key)?);
+        if raw.get(colon) != Some(&b':') {
+            return None;
+        }
+        let v = json::skip_ws(raw, colon + 1);
+        i = json::skip_ws(raw, json::value_end(raw, v)?);
+    }
+    if raw.get(i) != Some(&b'}') || json::skip_ws(raw, i + 1) != raw.len() {
+        return None;
+    }
+    json::str_at(raw, value..end)
 }
 
 /// The host name for HOSTNAME: `$HOSTNAME` (a pod's name in Kubernetes),
@@ -595,12 +663,34 @@ mod tests {
         SyslogConfig::default()
     }
 
-    /// The framed message for `raw`, the event's bytes put where the frame says.
+    /// `raw` as an event without the decoder's fields.
+    fn event(raw: &str) -> Event {
+        Event {
+            raw: bytes::Bytes::copy_from_slice(raw.as_bytes()),
+            meta: crate::decode::EventMeta::default(),
+        }
+    }
+
+    /// The framed message for `raw`, the event's bytes put where the frame
+    /// says; the same whether the decoder's fields are used or not.
     fn framed(enc: &SyslogEncoder, raw: &str) -> String {
+        let plain = framed_event(enc, &event(raw));
+        let body = bytes::Bytes::from(format!(r#"{{"items":[{raw}]}}"#));
+        let decoded = crate::decode::decode(&body, &crate::decode::DecodeOptions::default())
+            .map(|d| d.events)
+            .unwrap_or_default();
+        if let [e] = &decoded[..] {
+            assert_eq!(framed_event(enc, e), plain, "with the decoder's fields");
+        }
+        plain
+    }
+
+    fn framed_event(enc: &SyslogEncoder, e: &Event) -> String {
+        let raw = &e.raw[..];
         let mut out = Vec::new();
-        let f = enc.encode(raw.as_bytes(), &mut out).unwrap();
+        let f = enc.encode(e, &mut out).unwrap();
         if f.event {
-            out.extend_from_slice(raw.as_bytes());
+            out.extend_from_slice(raw);
         }
         out.extend_from_slice(f.tail);
         String::from_utf8(out).unwrap()
@@ -733,6 +823,27 @@ mod tests {
     }
 
     #[test]
+    fn the_stage_timestamp_found_from_the_end_is_the_top_level_one() {
+        let t = |raw: &str| last_stage_timestamp(raw.as_bytes()).map(Cow::into_owned);
+        assert_eq!(
+            t(r#"{"stageTimestamp":"A","annotations":{"k":"v,\"}\""},"z":[1,{}]}"#).as_deref(),
+            Some("A")
+        );
+        for nested in [
+            r#"{"stageTimestamp":"A","requestObject":{"stageTimestamp":"B"}}"#,
+            r#"{"annotations":{"stageTimestamp":"B"},"z":1}"#,
+            r#"{"a":[{"stageTimestamp":"B"}]}"#,
+            r#"{"a":"x\"stageTimestamp\":\"B"}"#,
+        ] {
+            assert_eq!(t(nested), None, "{nested}");
+        }
+        // Where it is not found so, the walk from the front finds it.
+        let enc = SyslogEncoder::with_hostname(&cfg(), "h");
+        let raw = r#"{"stage":"ResponseComplete","stageTimestamp":"2026-01-02T03:04:05Z","requestObject":{"stageTimestamp":"1999-01-01T00:00:00Z"}}"#;
+        assert!(framed(&enc, raw).contains(" 2026-01-02T03:04:05Z h "));
+    }
+
+    #[test]
     fn timestamps_are_checked_and_normalised() {
         let t = |s: &str| {
             Timestamp::parse(s).map(|t| {
@@ -777,7 +888,7 @@ mod tests {
             "h",
         );
         let mut out = b"before".to_vec();
-        let err = enc.encode(EVENT.as_bytes(), &mut out).unwrap_err();
+        let err = enc.encode(&event(EVENT), &mut out).unwrap_err();
         assert_eq!(out, b"before");
         assert_eq!(err.max, 100);
         let whole = framed(&SyslogEncoder::with_hostname(&cfg(), "h"), EVENT);

@@ -477,6 +477,12 @@ impl TcpSinkConfig {
             );
         }
         self.retry.validate(&format!("{prefix}.retry"))?;
+        if self.encoding == TcpEncoding::JsonLines && self.syslog != SyslogConfig::default() {
+            return missing(
+                &format!("{prefix}.syslog"),
+                "is used only with encoding: syslog",
+            );
+        }
         self.syslog.validate(&format!("{prefix}.syslog"))?;
         self.tls.validate(&format!("{prefix}.tls"))
     }

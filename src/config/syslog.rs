@@ -345,5 +345,13 @@ mod tests {
             let msg = syslog_of(yaml).unwrap_err();
             assert!(msg.contains(&format!("sinks[0].{key}")), "{yaml}: {msg}");
         }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"sinks:\n  - type: tcp\n    endpoint: \"h:1\"\n    syslog: {app_name: x}\n")
+            .unwrap();
+        let msg = load(Some(f.path()), Vec::new()).unwrap_err().to_string();
+        assert!(
+            msg.contains("sinks[0].syslog") && msg.contains("encoding: syslog"),
+            "{msg}"
+        );
     }
 }

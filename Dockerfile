@@ -1,5 +1,7 @@
 # kube-audit-forwarder image: built with the official Rust image, run on
 # distroless (glibc, CA certificates, no shell) as the "nonroot" user 65532.
+# librdkafka (the kafka sink) is built from source into the binary; it links
+# Debian 12's libssl3, which both the build image and distroless/cc have.
 #   docker build -t registry.example.com/kube-audit-forwarder:0.1.0 .
 # The Deployment in deploy/ expects exactly this user and a read-only root
 # filesystem; nothing here writes outside /var/lib/kube-audit-forwarder.

@@ -327,12 +327,28 @@ impl Parts {
             SinkConfig::Tcp(c) => {
                 Sink::Tcp(TcpSink::build(c).with_context(|| format!("sink {}", c.name))?)
             }
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(c) => Sink::Kafka(Box::new(
+                crate::sink::KafkaSink::build(c, metrics)
+                    .with_context(|| format!("sink {}", c.name))?,
+            )),
+            #[cfg(not(feature = "kafka"))]
+            SinkConfig::Kafka(c) => anyhow::bail!(
+                "sink {}: this build has no kafka sink (built without the `kafka` feature)",
+                c.name
+            ),
         };
         let (errors, connection_errors) = sink.reasons();
         known.known_reasons(errors, connection_errors);
         let mut watchers = Vec::new();
         if let Some(tls) = sink.tls() {
             watchers.extend(watch_sink_tls(cfg.name(), tls, &self.tls_metrics)?);
+        }
+        if let Sink::Http(http) = &sink {
+            watchers.extend(
+                http.watch_credentials()
+                    .with_context(|| format!("sink {}", cfg.name()))?,
+            );
         }
         // The sink's own view of each batch: policy, redaction, labels, dedup.
         let name = cfg.name();

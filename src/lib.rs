@@ -10,7 +10,8 @@
 //! - [`pipeline`]: whole-batch admission into one bounded queue per sink.
 //! - [`buffer`]: the disk buffer, a write-ahead log shared by all sinks.
 //! - [`process`]: per-sink audit policy, redaction, labels and dedup.
-//! - [`sink`]: delivery (stdout, HTTP, TCP).
+//! - [`sink`]: delivery (stdout, HTTP, TCP, Kafka), each transport with the
+//!   encodings of [`sink::encode`].
 //! - [`config`], [`metrics`], [`tls`], [`admin`] (health and metrics
 //!   endpoints), [`server`] (connection handling) [`app`] (wiring) and
 //!   [`reload`] (a new configuration applied while running).

@@ -261,6 +261,7 @@ fn sink_type(s: &config::SinkConfig) -> &'static str {
         config::SinkConfig::Stdout(_) => "stdout",
         config::SinkConfig::Http(_) => "http",
         config::SinkConfig::Tcp(_) => "tcp",
+        config::SinkConfig::Kafka(_) => "kafka",
     }
 }
 

@@ -9,6 +9,13 @@ Modes, each run in turn (the order alternates between repeats):
                events counted
   ndjson       kube-audit-forwarder, events split into JSON lines to the TCP
                backend
+  haproxy-tls, passthrough-tls
+               the production path: the load generator sends h2 over TLS
+               with a client certificate, as the API server does, and the
+               proxy terminates TLS (HAProxy: `bind ... ssl crt ... ca-file
+               ... verify required alpn h2,http/1.1`; the forwarder: its
+               HTTPS listener, client_auth required), then relays as above;
+               both use the same certificates (deploy/make-webhook-certs.sh)
 
 The proxy is pinned to core 0, the load generator and backend to core 1.
 Reported per run: throughput, latency (p50/p99/max), CPU seconds of the
@@ -127,7 +134,32 @@ class Backend:
         self.proc.wait()
 
 
+def make_certs(tmp):
+    """A CA, a serving certificate for 127.0.0.1 and a client certificate,
+    made by deploy/make-webhook-certs.sh; HAProxy's crt file is the serving
+    certificate and its key in one PEM."""
+    d = tmp / "certs"
+    subprocess.run(["bash", str(ROOT / "deploy" / "make-webhook-certs.sh"), "--out", str(d), "--cluster-ip", "127.0.0.1",
+                    "--no-apply"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (d / "server.pem").write_text((d / "tls.crt").read_text() + (d / "tls.key").read_text())
+    return d
+
+
 def forwarder_config(tmp, mode, port, mport, backend, queue_bytes=268435456, wait_ms=5, buffer_dir=None, extra_sink=""):
+    https = ""
+    if mode.endswith("-tls"):
+        # The webhook comes in on the HTTPS listener; the plain one is moved
+        # out of the way.
+        certs = tmp / "certs"
+        https = f"""  https:
+    enabled: true
+    address: "127.0.0.1:{port}"
+    crt_file: "{certs / 'tls.crt'}"
+    key_file: "{certs / 'tls.key'}"
+    client_ca_file: "{certs / 'ca.crt'}"
+    client_auth: required
+"""
+        port = free_port()
     if mode == "ndjson":
         sink = f"""  - type: tcp
     name: backend
@@ -158,7 +190,7 @@ def forwarder_config(tmp, mode, port, mport, backend, queue_bytes=268435456, wai
     address: "127.0.0.1:{port}"
     max_body_bytes: {max_body}
     max_decoded_bytes: {max_body}
-metrics:
+{https}metrics:
   address: "127.0.0.1:{mport}"
 pipeline:
   admission_wait_ms: {wait_ms}
@@ -170,11 +202,21 @@ log:
     return path
 
 
+# Extra lines for HAProxy's `global` section (--haproxy-tune).
+HAPROXY_TUNE = []
+
+
 def start_proxy(tmp, mode, backend, queue_bytes=268435456, wait_ms=5, buffer_dir=None, extra_sink="", mport=None):
     port = free_port()
-    if mode == "haproxy":
+    if mode.startswith("haproxy"):
         cfg = tmp / "haproxy.cfg"
-        text = (HERE / "haproxy.cfg.in").read_text().replace("@LISTEN@", f"127.0.0.1:{port}").replace("@BACKEND@", backend.http)
+        bind = f"127.0.0.1:{port}"
+        if mode == "haproxy-tls":
+            certs = tmp / "certs"
+            bind += f" ssl crt {certs / 'server.pem'} ca-file {certs / 'ca.crt'} verify required alpn h2,http/1.1"
+        text = (HERE / "haproxy.cfg.in").read_text().replace("@LISTEN@", bind).replace("@BACKEND@", backend.http)
+        if HAPROXY_TUNE:
+            text = text.replace("global\n", "global\n" + "".join(f"    {t}\n" for t in HAPROXY_TUNE), 1)
         cfg.write_text(text)
         cmd = ["haproxy", "-db", "-f", str(cfg)]
     else:
@@ -194,9 +236,15 @@ def stop_proxy(proc):
         proc.wait()
 
 
-def loadgen(tmp, port, args, load, first_seq, duration, mix):
+def loadgen(tmp, port, args, load, first_seq, duration, mix, tls=False):
     out = tmp / "load.json"
-    cmd = ["taskset", "-c", "1", str(REL / "audit-loadgen"), "--url", f"http://127.0.0.1:{port}/post", "--mix", mix,
+    url = f"http://127.0.0.1:{port}/post"
+    if tls:
+        certs = tmp / "certs"
+        url = f"https://127.0.0.1:{port}/post"
+        load = load + ["--http2", "--ca-file", str(certs / "ca.crt"), "--cert-file", str(certs / "apiserver-client.crt"),
+                       "--key-file", str(certs / "apiserver-client.key")]
+    cmd = ["taskset", "-c", "1", str(REL / "audit-loadgen"), "--url", url, "--mix", mix,
            "--duration-secs", str(duration), "--first-seq", str(first_seq), "--json", str(out)] + load
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -219,7 +267,8 @@ def one_run(tmp, backend, mode, conc, args, first_seq):
         # taskset execs the program in place, so the pid is the proxy's.
         time.sleep(0.2)
     cpu0 = cpu_seconds(pid) if pid else 0.0
-    load = loadgen(tmp, port, args, ["--concurrency", str(conc)], first_seq, args.duration, args.mix)
+    load = loadgen(tmp, port, args, ["--concurrency", str(conc)], first_seq, args.duration, args.mix,
+                   tls=mode.endswith("-tls"))
     cpu1 = cpu_seconds(pid) if pid else 0.0
     delivered = wait_delivered(backend, load["events_ok"])
     rss = peak_rss_mib(pid) if pid else 0.0
@@ -538,16 +587,30 @@ def buffer_scenario(args, out):
                                                  "runs": rows, "sync_floor": floors, "catch_up": caught}, indent=2))
 
 
-def table(rows, base):
-    print(f"{'mode':12} {'conc':>4} {'MB/s':>8} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'CPU-s/GB':>9} {'x HAProxy':>9} {'RSS MiB':>8} {'lost':>5} {'dups':>5}")
+def table(rows):
+    """The medians, with CPU per GB and latency as ratios against HAProxy's
+    at the same concurrency (HAProxy over TLS for the -tls modes), and the
+    share of requests not answered 200."""
+    def base(r):
+        name = "haproxy-tls" if r["mode"].endswith("-tls") else "haproxy"
+        return next((b for b in rows if b["mode"] == name and b["concurrency"] == r["concurrency"]), None)
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if (a and b) else "-"
+    print(f"{'mode':16} {'conc':>4} {'MB/s':>8} {'events/s':>10} {'refused':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+          f"{'CPU-s/GB':>9} {'CPU x HA':>9} {'p50 x HA':>9} {'p99 x HA':>9} {'RSS MiB':>8} {'lost':>5} {'dups':>5}")
     for r in rows:
-        b = base.get(r["concurrency"])
-        ratio = (r["cpu_s_per_gb"] / b) if (b and r["cpu_s_per_gb"]) else None
+        b = base(r) or {}
         cpu = f"{r['cpu_s_per_gb']:.3f}" if r["cpu_s_per_gb"] else "-"
-        print(f"{r['mode']:12} {r['concurrency']:>4} {r['mb_per_sec']:>8.1f} {r['events_per_sec']:>10.0f} "
+        total = sum(r["statuses"].values())
+        refused = 1 - r["statuses"].get("200", 0) / total if total else 0
+        print(f"{r['mode']:16} {r['concurrency']:>4} {r['mb_per_sec']:>8.1f} {r['events_per_sec']:>10.0f} {refused:>8.2%} "
               f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} {cpu:>9} "
-              f"{(f'{ratio:.2f}' if ratio else '-'):>9} {r['peak_rss_mib']:>8.1f} {r['lost']:>5} {r['duplicates']:>5}")
+              f"{ratio(r['cpu_s_per_gb'], b.get('cpu_s_per_gb')):>9} {ratio(r['p50_ms'], b.get('p50_ms')):>9} "
+              f"{ratio(r['p99_ms'], b.get('p99_ms')):>9} {r['peak_rss_mib']:>8.1f} {r['lost']:>5} {r['duplicates']:>5}")
+
+
+PLOT_MODES = ["direct", "haproxy", "passthrough", "ndjson", "haproxy-tls", "passthrough-tls"]
 
 
 def plot(rows, out):
@@ -555,13 +618,19 @@ def plot(rows, out):
         print("gnuplot not installed: no plot (apt-get install gnuplot-nox)")
         return
     data = out.parent / "plot.dat"
+    # Only the modes that ran; "direct" has no proxy CPU to draw.
+    modes = [m for m in PLOT_MODES if any(r["mode"] == m for r in rows)]
+    proxies = [i for i, m in enumerate(modes) if m != "direct"]
+    if not proxies:
+        return
     with open(data, "w") as f:
-        for mode in ["direct", "haproxy", "passthrough", "ndjson"]:
+        for mode in modes:
             f.write(f"# {mode}\n")
             for r in rows:
                 if r["mode"] == mode:
                     f.write(f"{r['concurrency']} {r['mb_per_sec']} {r['cpu_s_per_gb'] or 0}\n")
             f.write("\n\n")
+    words = " ".join(modes)
     script = f"""set terminal pngcairo size 1100,450
 set output '{out}'
 set multiplot layout 1,2
@@ -569,10 +638,10 @@ set logscale x 2
 set xlabel 'concurrency'
 set ylabel 'MB/s'
 set title 'Throughput'
-plot for [i=0:3] '{data}' index i using 1:2 with linespoints title word('direct haproxy passthrough ndjson', i+1)
+plot for [i=0:{len(modes) - 1}] '{data}' index i using 1:2 with linespoints title word('{words}', i+1)
 set ylabel 'CPU-s per GB'
 set title 'Proxy CPU per GB relayed'
-plot for [i=1:3] '{data}' index i using 1:3 with linespoints title word('direct haproxy passthrough ndjson', i+1)
+plot for [i={proxies[0]}:{len(modes) - 1}] '{data}' index i using 1:3 with linespoints title word('{words}', i+1)
 unset multiplot
 """
     subprocess.run(["gnuplot"], input=script, text=True, check=True)
@@ -584,6 +653,11 @@ def main():
     p.add_argument("--duration", type=float, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--mix", default="metadata")
+    p.add_argument("--modes", default="direct,haproxy,passthrough,ndjson,haproxy-tls,passthrough-tls",
+                   help="which modes to run, of direct, haproxy, passthrough, ndjson, haproxy-tls, passthrough-tls")
+    p.add_argument("--haproxy-tune", action="append", default=[],
+                   help="a line added to HAProxy's global section, e.g. 'tune.h2.initial-window-size 1048576' (repeatable)")
+    p.add_argument("--no-scenarios", action="store_true", help="skip the steady and overload memory scenarios")
     p.add_argument("--steady-secs", type=float, default=20)
     p.add_argument("--overload-secs", type=float, default=10)
     p.add_argument("--out", default=str(HERE / "results"))
@@ -605,6 +679,7 @@ def main():
     b.add_argument("--drain-timeout", type=float, default=120)
     b.add_argument("--warm-cache", action="store_true", help="catch-up reads the log from the page cache")
     args = p.parse_args()
+    HAPROXY_TUNE.extend(args.haproxy_tune)
     if args.scenario == "compare" and not shutil.which("haproxy"):
         sys.exit("haproxy is not installed: apt-get install haproxy")
     if not args.no_build:
@@ -616,9 +691,11 @@ def main():
         return
     backend = Backend()
     rows = []
-    modes = ["direct", "haproxy", "passthrough", "ndjson"]
+    modes = [m for m in args.modes.split(",") if m]
     with tempfile.TemporaryDirectory() as t:
         tmp = pathlib.Path(t)
+        if any(m.endswith("-tls") for m in modes):
+            make_certs(tmp)
         for conc in [int(c) for c in args.concurrency.split(",")]:
             for rep in range(args.repeats):
                 for mode in (modes if rep % 2 == 0 else modes[::-1]):
@@ -626,7 +703,7 @@ def main():
                     print(f"  {mode} c={conc} run {rep + 1}: {r['mb_per_sec']:.0f} MB/s, "
                           f"{r['cpu_s_per_gb'] or 0:.3f} CPU-s/GB, p99 {r['p99_ms']:.2f} ms", file=sys.stderr)
                     rows.append(r)
-        scenarios = [steady_rss(tmp, backend, args), overload(tmp, backend, args)]
+        scenarios = [] if args.no_scenarios else [steady_rss(tmp, backend, args), overload(tmp, backend, args)]
     backend.stop()
     # Median of the repeats per mode and concurrency.
     merged = []
@@ -638,12 +715,11 @@ def main():
                 m["lost"] = sum(r["lost"] for r in rs)
                 m["duplicates"] = sum(r["duplicates"] for r in rs)
                 merged.append(m)
-    base = {r["concurrency"]: r["cpu_s_per_gb"] for r in merged if r["mode"] == "haproxy"}
     machine = {"cpus": os.cpu_count(), "model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
                "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]}
     print(f"\n{machine['model']}, {machine['cpus']} cores; {machine['haproxy']}; mix {args.mix}, "
           f"{args.duration:.0f} s per run, median of {args.repeats}\n")
-    table(merged, base)
+    table(merged)
     print()
     for s in scenarios:
         print(json.dumps(s))

@@ -11,7 +11,9 @@
 //!
 //! `config/default.yaml` lists every key with its default.
 
+mod destinations;
 mod https;
+mod kafka;
 mod process;
 mod sinks;
 mod syslog;
@@ -19,6 +21,8 @@ mod types;
 
 use std::path::{Path, PathBuf};
 
+pub use destinations::*;
+pub use kafka::*;
 pub use process::*;
 pub use sinks::*;
 pub use syslog::*;

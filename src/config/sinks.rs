@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{ProcessConfig, QueueConfig, SyslogConfig, TcpEncoding};
+use super::{
+    ElasticsearchConfig, ProcessConfig, QueueConfig, SplunkHecConfig, SyslogConfig, TcpEncoding,
+};
 
 /// `type: http`: POSTs to one or more HTTP(S) endpoints (a Logstash `http`
 /// input, an external collector), like HAProxy relaying the webhook.
@@ -21,7 +23,7 @@ pub struct HttpSinkConfig {
     pub balance: Balance,
     /// What each request carries.
     pub encoding: Encoding,
-    /// Re-batching for `ndjson` and `json_array`.
+    /// Re-batching for every encoding but `passthrough`.
     pub batch: BatchConfig,
     /// Request body compression.
     pub compression: Compression,
@@ -30,10 +32,15 @@ pub struct HttpSinkConfig {
     /// HAProxy relays the path it received; otherwise every request goes to
     /// the endpoint URL as written.
     pub forward_path: bool,
+    /// With `encoding: elasticsearch`: index and credentials.
+    pub elasticsearch: Box<ElasticsearchConfig>,
+    /// With `encoding: splunk_hec`: token, envelope fields, acknowledgement.
+    pub splunk_hec: Box<SplunkHecConfig>,
     /// Extra request headers (an `Authorization` token, say).
     pub headers: BTreeMap<String, HeaderValueConfig>,
     /// Requests in flight at once with `encoding: passthrough` (one per
-    /// webhook batch; the re-batching encodings send one at a time).
+    /// webhook batch) and with `splunk_hec.ack` (awaiting acknowledgement);
+    /// the other re-batching encodings send one at a time.
     pub max_in_flight: usize,
     /// Seconds one request may take, connecting included.
     pub timeout_secs: u64,
@@ -71,6 +78,8 @@ impl Default for HttpSinkConfig {
             batch: BatchConfig::default(),
             compression: Compression::AsReceived,
             forward_path: false,
+            elasticsearch: Box::default(),
+            splunk_hec: Box::default(),
             headers: BTreeMap::new(),
             max_in_flight: 4,
             timeout_secs: 10,
@@ -161,6 +170,11 @@ pub enum Encoding {
     Ndjson,
     /// Events re-batched as one JSON array, `Content-Type: application/json`.
     JsonArray,
+    /// Events re-batched as Elasticsearch/OpenSearch `_bulk` `create`
+    /// actions (see [`ElasticsearchConfig`]).
+    Elasticsearch,
+    /// Events re-batched as Splunk HEC event envelopes (see [`SplunkHecConfig`]).
+    SplunkHec,
 }
 
 /// Request body compression.
@@ -191,7 +205,7 @@ pub enum HttpVersion {
     Http2,
 }
 
-/// Re-batching of events for the `ndjson` and `json_array` encodings.
+/// Re-batching of events for every encoding but `passthrough`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
@@ -451,6 +465,13 @@ impl HttpSinkConfig {
                 );
             }
         }
+        match self.encoding {
+            Encoding::Elasticsearch => self
+                .elasticsearch
+                .validate(&format!("{prefix}.elasticsearch"))?,
+            Encoding::SplunkHec => self.splunk_hec.validate(&format!("{prefix}.splunk_hec"))?,
+            _ => {}
+        }
         self.retry.validate(&format!("{prefix}.retry"))?;
         self.tls.validate(&format!("{prefix}.tls"))
     }
@@ -489,7 +510,7 @@ impl TcpSinkConfig {
 }
 
 impl RetryConfig {
-    fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
+    pub(super) fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
         if self.initial_backoff_ms == 0 || self.max_backoff_secs == 0 {
             return missing(
                 prefix,

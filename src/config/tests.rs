@@ -50,9 +50,9 @@ fn wrong_type_and_invalid_value_are_named() {
     let f = file("sinks:\n  - type: stdout\n  - type: stdout\n");
     let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
     assert!(msg.contains("sinks[1].name"), "{msg}");
-    let f = file("sinks:\n  - type: kafka\n");
+    let f = file("sinks:\n  - type: loki\n");
     let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
-    assert!(msg.contains("sinks[0]") && msg.contains("kafka"), "{msg}");
+    assert!(msg.contains("sinks[0]") && msg.contains("loki"), "{msg}");
 }
 
 #[test]
@@ -280,4 +280,41 @@ fn messages_name_no_rust_types() {
         let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
         assert!(msg.contains(expected), "{yaml}: {msg}");
     }
+}
+
+#[test]
+fn kafka_sink_keys_are_checked() {
+    let base = "sinks:\n  - type: kafka\n    endpoints: [\"127.0.0.1:9092\"]\n";
+    let ok = file(&format!(
+        "{base}    topic: \"audit-{{level}}.{{namespace}}\"\n    key: none\n    compression: zstd\n"
+    ));
+    let cfg = load(Some(ok.path()), no_env()).unwrap();
+    let SinkConfig::Kafka(k) = &cfg.sinks[0] else {
+        panic!("not kafka")
+    };
+    assert_eq!(
+        (k.key, k.compression),
+        (KafkaKey::None, KafkaCompression::Zstd)
+    );
+    for (extra, key) in [
+        ("    topic: \"audit-{cluster}\"\n", "sinks[0].topic"),
+        ("    topic: \"audit log\"\n", "sinks[0].topic"),
+        ("    acks: leader\n", "sinks[0].acks"),
+        (
+            "    max_in_flight_events: 0\n",
+            "sinks[0].max_in_flight_events",
+        ),
+        (
+            "    tls: {enabled: true, server_name: kafka}\n",
+            "sinks[0].tls.server_name",
+        ),
+        ("    key: auditID\n", "sinks[0].key"),
+    ] {
+        let f = file(&format!("{base}{extra}"));
+        let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+        assert!(msg.contains(key), "{extra}: {msg}");
+    }
+    let f = file("sinks:\n  - type: kafka\n");
+    let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
+    assert!(msg.contains("sinks[0].endpoints"), "{msg}");
 }

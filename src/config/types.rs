@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use super::https::{ClientAuth, HttpsSourceConfig, is_set};
-use super::{HttpSinkConfig, ProcessConfig, TcpSinkConfig};
+use super::{HttpSinkConfig, KafkaSinkConfig, ProcessConfig, TcpSinkConfig};
 
 use crate::pipeline::WhenFull;
 
@@ -213,6 +213,8 @@ pub enum SinkConfig {
     Http(HttpSinkConfig),
     /// JSON lines over TCP, optionally TLS.
     Tcp(TcpSinkConfig),
+    /// One Kafka message per event.
+    Kafka(Box<KafkaSinkConfig>),
 }
 
 impl SinkConfig {
@@ -222,6 +224,7 @@ impl SinkConfig {
             Self::Stdout(s) => &s.name,
             Self::Http(s) => &s.name,
             Self::Tcp(s) => &s.name,
+            Self::Kafka(s) => &s.name,
         }
     }
 
@@ -231,6 +234,7 @@ impl SinkConfig {
             Self::Stdout(s) => &s.queue,
             Self::Http(s) => &s.queue,
             Self::Tcp(s) => &s.queue,
+            Self::Kafka(s) => &s.queue,
         }
     }
 
@@ -240,12 +244,13 @@ impl SinkConfig {
             Self::Stdout(s) => &s.process,
             Self::Http(s) => &s.process,
             Self::Tcp(s) => &s.process,
+            Self::Kafka(s) => &s.process,
         }
     }
 }
 
 /// Sink types, for error messages.
-const SINK_TYPES: &str = "`stdout`, `http`, `tcp`";
+const SINK_TYPES: &str = "`stdout`, `http`, `tcp`, `kafka`";
 
 impl<'de> Deserialize<'de> for SinkConfig {
     /// Like `#[serde(tag = "type")]`, but an error inside the sink keeps its key
@@ -267,6 +272,7 @@ impl<'de> Deserialize<'de> for SinkConfig {
             "stdout" => nested(body).map(Self::Stdout),
             "http" => nested(body).map(Self::Http),
             "tcp" => nested(body).map(Self::Tcp),
+            "kafka" => nested(body).map(|k| Self::Kafka(Box::new(k))),
             other => Err(D::Error::custom(format!(
                 "unknown sink type `{other}`, expected one of {SINK_TYPES}"
             ))),
@@ -510,6 +516,7 @@ impl Config {
                 SinkConfig::Stdout(_) => {}
                 SinkConfig::Http(h) => h.validate(&prefix)?,
                 SinkConfig::Tcp(t) => t.validate(&prefix)?,
+                SinkConfig::Kafka(k) => k.validate(&prefix)?,
             }
             if (sink.queue().capacity_bytes as u64)
                 < http.max_decoded_bytes.min(http.max_body_bytes)

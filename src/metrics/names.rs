@@ -31,7 +31,7 @@ pub const BYTES_SENT_TOTAL: &str = "audit_forwarder_bytes_sent_total";
 /// analogue of kube-apiserver's `apiserver_audit_error_total{plugin}`.
 pub const ERROR_TOTAL: &str = "audit_forwarder_error_total";
 /// Counter `{sink}`: delivery attempts repeated (HTTP requests retried, events
-/// re-sent on a new TCP connection).
+/// re-sent on a new TCP connection, Kafka messages produced again).
 pub const RETRIES_TOTAL: &str = "audit_forwarder_retries_total";
 /// Counter `{sink}`: events an endpoint rejected for good, written to the
 /// dead-letter file if one is configured.
@@ -40,7 +40,8 @@ pub const EVENTS_DEAD_LETTERED_TOTAL: &str = "audit_forwarder_events_dead_letter
 /// is ejected.
 pub const ENDPOINT_UP: &str = "audit_forwarder_endpoint_up";
 /// Counter `{sink, reason}`: failed connections to a sink's endpoint
-/// (`connect`, `timeout`, `closed` by the peer, `broken`), whether or not events
+/// (`connect`, `timeout`, `closed` by the peer, `broken`; for Kafka, `down`:
+/// no broker reachable, `transport`, `auth`), whether or not events
 /// were in flight: what shows an outage when nothing is being sent.
 pub const CONNECTION_ERRORS_TOTAL: &str = "audit_forwarder_connection_errors_total";
 /// Histogram `{sink}`: seconds one delivery (one write or request) took.

@@ -171,6 +171,56 @@ pub(crate) fn elements(b: &[u8], arr: Range<usize>) -> Vec<Range<usize>> {
     out
 }
 
+/// Calls `f` with the content of each string element of the JSON array
+/// `arr` (its whole text), escapes resolved, until `f` returns `false`.
+/// Elements that are not strings are passed over. Allocates only for a
+/// string with escapes.
+pub(crate) fn for_each_string<'a>(arr: &'a [u8], mut f: impl FnMut(Cow<'a, [u8]>) -> bool) {
+    if arr.first() != Some(&b'[') {
+        return;
+    }
+    let mut i = skip_ws(arr, 1);
+    while let Some(&c) = arr.get(i) {
+        if c == b']' {
+            return;
+        }
+        // A string without escapes ends at the first quote after it opens:
+        // one search finds both its end and that it needs no unescaping.
+        let plain = (c == b'"')
+            .then(|| memchr::memchr2(b'"', b'\\', &arr[i + 1..]))
+            .flatten()
+            .filter(|&k| arr[i + 1 + k] == b'"');
+        let end = match plain {
+            Some(k) => {
+                if !f(Cow::Borrowed(&arr[i + 1..i + 1 + k])) {
+                    return;
+                }
+                i + k + 2
+            }
+            None => {
+                let Some(end) = value_end(arr, i) else {
+                    return;
+                };
+                if c == b'"' {
+                    let text = match str_at(arr, i..end) {
+                        Some(s) => Cow::Owned(s.into_owned().into_bytes()),
+                        None => Cow::Borrowed(&b""[..]),
+                    };
+                    if !f(text) {
+                        return;
+                    }
+                }
+                end
+            }
+        };
+        i = skip_ws(arr, end);
+        if arr.get(i) != Some(&b',') {
+            return;
+        }
+        i = skip_ws(arr, i + 1);
+    }
+}
+
 /// The value of member `name` of the object at `obj`.
 pub(crate) fn get(b: &[u8], obj: Range<usize>, name: &[u8]) -> Option<Range<usize>> {
     members(b, obj).find(|m| m.is(b, name)).map(|m| m.value)

@@ -346,7 +346,7 @@ impl Processor {
             lower = have.filter(|&h| d.level < h).map(|_| d.level);
             omit_managed_fields = d.omit_managed_fields && m.has_bodies;
         }
-        if let Some(id) = m.audit_id {
+        if let Some(id) = m.audit_id.filter(|_| self.dedup.is_some()) {
             let stage = m.stage.map_or(0, |s| s as u8 + 1);
             if !fresh(dedup::key(id.get(body), &[stage])) {
                 counts.duplicates += 1;

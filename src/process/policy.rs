@@ -18,9 +18,9 @@ use serde::Deserialize;
 use std::borrow::Cow;
 
 use super::json;
-use super::view::ObjectRef;
 #[cfg(test)]
 use super::view::View;
+use super::view::{Field, ObjectRef};
 use crate::decode::{EventMeta, Span, Stage};
 
 /// An audit level, in increasing order of what it records.
@@ -340,11 +340,12 @@ fn stages(list: &[String], key: &str) -> Result<u8, (String, String)> {
 }
 
 /// The request attributes of one event, as the API server's policy checker
-/// sees them.
+/// sees them. Compared as bytes: the rules' strings are UTF-8, so bytes that
+/// are not never match any of them.
 pub(crate) struct Attrs<'a> {
-    user: Option<Cow<'a, str>>,
+    user: Option<Field<'a>>,
     groups: Groups<'a>,
-    verb: Cow<'a, str>,
+    verb: Field<'a>,
     object: Option<ObjectRef<'a>>,
     /// `requestURI`, whose path is read when a rule asks.
     uri: Uri<'a>,
@@ -358,37 +359,50 @@ enum Uri<'a> {
 }
 
 impl Uri<'_> {
-    fn path(&self) -> Cow<'_, str> {
+    fn path(&self) -> Cow<'_, [u8]> {
         let uri = match self {
             #[cfg(test)]
-            Self::Path(p) => return Cow::Borrowed(p),
+            Self::Path(p) => return Cow::Borrowed(p.as_bytes()),
             Self::Span(body, span) => span.and_then(|s| span_text(body, s)),
         };
+        let before_query = |s: &[u8]| s.iter().position(|&c| c == b'?').unwrap_or(s.len());
         match uri {
-            Some(Cow::Borrowed(s)) => Cow::Borrowed(s.split('?').next().unwrap_or_default()),
-            Some(Cow::Owned(s)) => Cow::Owned(s.split('?').next().unwrap_or_default().to_owned()),
-            None => Cow::Borrowed(""),
+            Some(Cow::Borrowed(s)) => Cow::Borrowed(&s[..before_query(s)]),
+            Some(Cow::Owned(mut s)) => {
+                s.truncate(before_query(&s));
+                Cow::Owned(s)
+            }
+            None => Cow::Borrowed(&b""[..]),
         }
     }
 }
 
-/// `user.groups`: read, or the array's text to read when a rule asks.
-enum Groups<'a> {
-    #[cfg(test)]
-    Read(Vec<Cow<'a, str>>),
-    Array(&'a [u8]),
+/// `user.groups`: the array's text, read once when a rule first asks.
+struct Groups<'a> {
+    text: &'a [u8],
+    read: std::cell::OnceCell<Vec<Cow<'a, [u8]>>>,
 }
 
-impl Groups<'_> {
-    fn any_in(&self, list: &[String]) -> bool {
-        match self {
-            #[cfg(test)]
-            Self::Read(g) => g.iter().any(|g| has(list, g)),
-            Self::Array(text) => json::elements(text, 0..text.len())
-                .into_iter()
-                .filter_map(|r| json::str_at(text, r))
-                .any(|g| has(list, &g)),
+impl<'a> Groups<'a> {
+    fn new(text: &'a [u8]) -> Self {
+        Self {
+            text,
+            read: std::cell::OnceCell::new(),
         }
+    }
+
+    fn any_in(&self, list: &[String]) -> bool {
+        self.read
+            .get_or_init(|| {
+                let mut all = Vec::new();
+                json::for_each_string(self.text, |g| {
+                    all.push(g);
+                    true
+                });
+                all
+            })
+            .iter()
+            .any(|g| list.iter().any(|x| same(x.as_bytes(), g)))
     }
 }
 
@@ -396,49 +410,32 @@ impl<'a> Attrs<'a> {
     /// The attributes read from the event's bytes.
     #[cfg(test)]
     pub(crate) fn of(v: &View<'a>) -> Self {
-        Self::new(
-            v.username(),
-            Groups::Read(v.groups()),
-            v.verb(),
-            v.object_ref(),
-            Uri::Path(v.path()),
-        )
+        Self {
+            user: v.username().map(Field::new),
+            groups: Groups::new(v.groups_text()),
+            verb: Field::new(v.verb().unwrap_or_default()),
+            object: v.object_ref(),
+            uri: Uri::Path(v.path()),
+        }
     }
 
     /// The attributes read from the routing fields the decoder found, spans
     /// of `body`.
     pub(crate) fn of_meta(m: &EventMeta, body: &'a [u8]) -> Self {
-        let text = |s: Option<Span>| s.and_then(|s| span_text(body, s));
-        let groups = Groups::Array(m.groups.map_or(&[][..], |g| g.get(body)));
+        let field = |s: Option<Span>| Field::new(s.map_or(&[][..], |s| s.get(body)));
         let object = m.has_object_ref.then(|| ObjectRef {
-            api_group: text(m.api_group).unwrap_or_default(),
-            resource: text(m.resource).unwrap_or_default(),
-            subresource: text(m.subresource).unwrap_or_default(),
-            namespace: text(m.namespace).unwrap_or_default(),
-            name: text(m.name).unwrap_or_default(),
+            api_group: field(m.api_group),
+            resource: field(m.resource),
+            subresource: field(m.subresource),
+            namespace: field(m.namespace),
+            name: field(m.name),
         });
-        Self::new(
-            text(m.username),
-            groups,
-            text(m.verb).unwrap_or_default(),
-            object,
-            Uri::Span(body, m.request_uri),
-        )
-    }
-
-    fn new(
-        user: Option<Cow<'a, str>>,
-        groups: Groups<'a>,
-        verb: Cow<'a, str>,
-        object: Option<ObjectRef<'a>>,
-        uri: Uri<'a>,
-    ) -> Self {
         Self {
-            user,
-            groups,
-            verb,
+            user: m.username.map(|s| Field::new(s.get(body))),
+            groups: Groups::new(m.groups.map_or(&[][..], |g| g.get(body))),
+            verb: field(m.verb),
             object,
-            uri,
+            uri: Uri::Span(body, m.request_uri),
         }
     }
 
@@ -448,27 +445,28 @@ impl<'a> Attrs<'a> {
     }
 }
 
-/// The text of the JSON string whose content is `s` in `body`.
-fn span_text(body: &[u8], s: Span) -> Option<Cow<'_, str>> {
+/// The content of the JSON string whose content is `s` in `body`, escapes
+/// resolved (borrowed when it has none).
+fn span_text(body: &[u8], s: Span) -> Option<Cow<'_, [u8]>> {
     let start = s.start as usize;
     let inner = body.get(start..start + s.len as usize)?;
     if !inner.contains(&b'\\') {
-        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+        return Some(Cow::Borrowed(inner));
     }
     json::str_at(body, start.checked_sub(1)?..start + s.len as usize + 1)
+        .map(|s| Cow::Owned(s.into_owned().into_bytes()))
 }
 
-/// Whether `list` holds `s`. Lengths and first bytes are compared before
-/// whole strings: most candidates differ there, and a call to compare whole
-/// short strings costs more than the test.
-fn has(list: &[String], s: &str) -> bool {
-    list.iter().any(|x| same(x, s))
+/// Whether `list` holds the string `f`.
+fn has(list: &[String], f: &Field<'_>) -> bool {
+    list.iter().any(|x| f.is(x.as_bytes()))
 }
 
-/// `a == b`, testing lengths and the end bytes inline first.
+/// `a == b`, testing lengths and the end bytes inline first: most candidates
+/// differ there, and a call to compare whole short strings costs more than
+/// the test.
 #[inline]
-fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len()
         && match (a.first(), a.last()) {
             (Some(f), Some(l)) => Some(f) == b.first() && Some(l) == b.last() && a == b,
@@ -478,7 +476,7 @@ fn same(a: &str, b: &str) -> bool {
 
 impl Rule {
     fn matches(&self, a: &Attrs<'_>) -> bool {
-        if !self.users.is_empty() && !a.user.as_deref().is_some_and(|u| has(&self.users, u)) {
+        if !self.users.is_empty() && !a.user.as_ref().is_some_and(|u| has(&self.users, u)) {
             return false;
         }
         if !self.user_groups.is_empty() && !a.groups.any_in(&self.user_groups) {
@@ -515,7 +513,7 @@ impl Rule {
         }
         self.resources
             .iter()
-            .filter(|g| same(&g.group, &o.api_group))
+            .filter(|g| o.api_group.is(g.group.as_bytes()))
             .any(|g| {
                 if g.resources.is_empty() {
                     return true;
@@ -524,11 +522,12 @@ impl Rule {
                     return false;
                 }
                 g.resources.iter().any(|res| {
+                    let res = res.as_bytes();
                     is_combined(res, &o.resource, &o.subresource)
-                        || res == "*"
+                        || res == b"*"
                         || (!o.subresource.is_empty()
-                            && res.strip_prefix("*/") == Some(&*o.subresource))
-                        || res.strip_suffix("/*") == Some(&*o.resource)
+                            && res.strip_prefix(b"*/").is_some_and(|s| o.subresource.is(s)))
+                        || res.strip_suffix(b"/*").is_some_and(|r| o.resource.is(r))
                 })
             })
     }
@@ -536,24 +535,26 @@ impl Rule {
 
 /// Whether `res` is `resource/subresource` (or `resource` when there is no
 /// subresource).
-fn is_combined(res: &str, resource: &str, subresource: &str) -> bool {
+fn is_combined(res: &[u8], resource: &Field<'_>, subresource: &Field<'_>) -> bool {
     if subresource.is_empty() {
-        return same(res, resource);
+        return resource.is(res);
     }
-    res.len() == resource.len() + 1 + subresource.len()
-        && res.as_bytes()[resource.len()] == b'/'
-        && same(&res[..resource.len()], resource)
-        && same(&res[resource.len() + 1..], subresource)
+    match res.iter().position(|&c| c == b'/') {
+        Some(at) => resource.is(&res[..at]) && subresource.is(&res[at + 1..]),
+        None => false,
+    }
 }
 
 /// `nonResourceURLs` matching: `*` matches all, else exact, else a spec
 /// ending in `*` matches paths starting with what precedes it.
-fn path_matches(path: &str, spec: &str) -> bool {
-    spec == "*"
+fn path_matches(path: &[u8], spec: &str) -> bool {
+    let spec = spec.as_bytes();
+    spec == b"*"
         || spec == path
-        || spec
-            .strip_suffix('*')
-            .is_some_and(|p| path.starts_with(p.trim_end_matches('*')))
+        || spec.strip_suffix(b"*").is_some_and(|p| {
+            let p = &p[..p.iter().rposition(|&c| c != b'*').map_or(0, |i| i + 1)];
+            path.starts_with(p)
+        })
 }
 
 #[cfg(test)]

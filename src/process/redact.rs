@@ -114,11 +114,17 @@ impl Redactor {
 
 /// What the objects of a request on `o` are.
 pub(crate) fn hint(o: &ObjectRef<'_>) -> Hint {
-    match (&*o.api_group, &*o.resource, &*o.subresource) {
-        ("", "secrets", "") => Hint::Secret,
-        ("", "serviceaccounts", "token") => Hint::TokenRequest,
-        ("authentication.k8s.io", "tokenreviews", "") => Hint::TokenReview,
-        _ => Hint::Other,
+    let is = |group: &[u8], resource: &[u8], subresource: &[u8]| {
+        o.api_group.is(group) && o.resource.is(resource) && o.subresource.is(subresource)
+    };
+    if is(b"", b"secrets", b"") {
+        Hint::Secret
+    } else if is(b"", b"serviceaccounts", b"token") {
+        Hint::TokenRequest
+    } else if is(b"authentication.k8s.io", b"tokenreviews", b"") {
+        Hint::TokenReview
+    } else {
+        Hint::Other
     }
 }
 

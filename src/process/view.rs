@@ -4,6 +4,7 @@
 //! Field names are those of the `audit.k8s.io/v1` `Event`
 //! (<https://kubernetes.io/docs/reference/config-api/apiserver-audit.v1/#audit-k8s-io-v1-Event>).
 
+#[cfg(test)]
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -35,11 +36,76 @@ pub(crate) struct View<'a> {
 /// empty, as the API server's request attributes are).
 #[derive(Debug, Default)]
 pub(crate) struct ObjectRef<'a> {
-    pub(crate) api_group: Cow<'a, str>,
-    pub(crate) resource: Cow<'a, str>,
-    pub(crate) subresource: Cow<'a, str>,
-    pub(crate) namespace: Cow<'a, str>,
-    pub(crate) name: Cow<'a, str>,
+    pub(crate) api_group: Field<'a>,
+    pub(crate) resource: Field<'a>,
+    pub(crate) subresource: Field<'a>,
+    pub(crate) namespace: Field<'a>,
+    pub(crate) name: Field<'a>,
+}
+
+/// A JSON string's content as it lies in the event (escapes as written),
+/// compared with plain text without unescaping it unless it must be.
+#[derive(Debug, Default)]
+pub(crate) struct Field<'a> {
+    raw: &'a [u8],
+    /// Whether `raw` holds a backslash, once looked for.
+    escaped: std::cell::Cell<Option<bool>>,
+}
+
+impl<'a> Field<'a> {
+    /// The field whose content, between its quotes, is `raw`.
+    pub(crate) fn new(raw: &'a [u8]) -> Self {
+        Self {
+            raw,
+            escaped: std::cell::Cell::new(None),
+        }
+    }
+
+    /// Whether the string is empty.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Whether the string is `s`. An escape always stands for fewer bytes
+    /// than it takes, so a content as long as `s` or shorter is equal only
+    /// when its bytes are (and `s` has no backslash, which the content would
+    /// have to escape), and only a longer one with escapes is unescaped.
+    #[inline]
+    pub(crate) fn is(&self, s: &[u8]) -> bool {
+        let raw = self.raw;
+        if raw.len() == s.len() {
+            // The end bytes first: most candidates differ there, and a call
+            // to compare whole short strings costs more than the test.
+            return match (raw.first(), raw.last()) {
+                (Some(f), Some(l)) => {
+                    Some(f) == s.first() && Some(l) == s.last() && raw == s && !s.contains(&b'\\')
+                }
+                _ => true,
+            };
+        }
+        raw.len() > s.len() && self.escaped() && self.unescaped().as_deref() == Some(s)
+    }
+
+    fn escaped(&self) -> bool {
+        match self.escaped.get() {
+            Some(e) => e,
+            None => {
+                let e = memchr::memchr(b'\\', self.raw).is_some();
+                self.escaped.set(Some(e));
+                e
+            }
+        }
+    }
+
+    fn unescaped(&self) -> Option<Vec<u8>> {
+        let mut quoted = Vec::with_capacity(self.raw.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(self.raw);
+        quoted.push(b'"');
+        serde_json::from_slice::<String>(&quoted)
+            .ok()
+            .map(String::into_bytes)
+    }
 }
 
 impl<'a> View<'a> {
@@ -105,30 +171,30 @@ impl<'a> View<'a> {
 
     #[cfg(test)]
     /// `verb`.
-    pub(crate) fn verb(&self) -> Cow<'a, str> {
-        self.text(self.verb).unwrap_or_default()
+    pub(crate) fn verb(&self) -> Option<&'a [u8]> {
+        self.content(self.value(self.verb)?)
     }
 
     #[cfg(test)]
     /// `user.username`.
-    pub(crate) fn username(&self) -> Option<Cow<'a, str>> {
+    pub(crate) fn username(&self) -> Option<&'a [u8]> {
         let user = self.value(self.user)?;
-        json::str_at(self.raw, json::get(self.raw, user, b"username")?)
+        self.content(json::get(self.raw, user, b"username")?)
     }
 
     #[cfg(test)]
-    /// `user.groups`.
-    pub(crate) fn groups(&self) -> Vec<Cow<'a, str>> {
-        let Some(groups) = self
-            .value(self.user)
+    /// The content of the string at `r`, between its quotes.
+    fn content(&self, r: Range<usize>) -> Option<&'a [u8]> {
+        let quoted = self.raw.get(r)?;
+        quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")
+    }
+
+    #[cfg(test)]
+    /// The text of `user.groups` (empty when absent).
+    pub(crate) fn groups_text(&self) -> &'a [u8] {
+        self.value(self.user)
             .and_then(|u| json::get(self.raw, u, b"groups"))
-        else {
-            return Vec::new();
-        };
-        json::elements(self.raw, groups)
-            .into_iter()
-            .filter_map(|r| json::str_at(self.raw, r))
-            .collect()
+            .map_or(&[][..], |g| &self.raw[g])
     }
 
     #[cfg(test)]
@@ -148,7 +214,7 @@ impl<'a> View<'a> {
                 b"name" => &mut o.name,
                 _ => continue,
             };
-            *slot = json::str_at(self.raw, m.value).unwrap_or_default();
+            *slot = Field::new(self.content(m.value).unwrap_or_default());
         }
         Some(o)
     }

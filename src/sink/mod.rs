@@ -6,6 +6,8 @@ pub mod deadletter;
 pub mod encode;
 pub mod fd;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod retry;
 pub mod stdout;
 pub mod tcp;
@@ -14,6 +16,8 @@ use tokio::io::AsyncWrite;
 
 use crate::pipeline::QueueReader;
 pub use http::HttpSink;
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaSink;
 pub use stdout::StdoutSink;
 pub use tcp::TcpSink;
 
@@ -28,6 +32,9 @@ pub enum Sink {
     Http(Box<HttpSink>),
     /// JSON lines over TCP.
     Tcp(TcpSink),
+    /// One Kafka message per event.
+    #[cfg(feature = "kafka")]
+    Kafka(Box<KafkaSink>),
 }
 
 impl Sink {
@@ -38,6 +45,8 @@ impl Sink {
             Self::Stdout(_) => None,
             Self::Http(s) => s.tls(),
             Self::Tcp(s) => s.tls(),
+            #[cfg(feature = "kafka")]
+            Self::Kafka(s) => s.tls(),
         }
     }
 
@@ -55,6 +64,8 @@ impl Sink {
                     "unauthorized",
                     "http_4xx",
                     "http_5xx",
+                    "bad_response",
+                    "ack_timeout",
                 ],
                 &["connect", "timeout", "connection"],
             ),
@@ -62,6 +73,8 @@ impl Sink {
                 &["connect", "timeout", "connection", "message_too_long"],
                 &["connect", "timeout", "closed", "broken"],
             ),
+            #[cfg(feature = "kafka")]
+            Self::Kafka(_) => KafkaSink::reasons(),
         }
     }
 
@@ -71,6 +84,8 @@ impl Sink {
             Self::Stdout(s) => s.run(input).await,
             Self::Http(s) => s.run(input).await,
             Self::Tcp(s) => s.run(input).await,
+            #[cfg(feature = "kafka")]
+            Self::Kafka(s) => s.run(input).await,
         }
     }
 }

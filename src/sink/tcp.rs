@@ -4,9 +4,10 @@
 //! TCP has no application acknowledgements, so delivery is judged from the
 //! socket, and a batch keeps its room in the queue until it is judged delivered:
 //! - a batch counts as delivered once the peer's kernel has acknowledged all of
-//!   its bytes (the connection's unacknowledged byte count, see
-//!   read from `/proc/net/tcp`); where that count cannot be read, once
-//!   `resend_window_ms` has passed since it was written;
+//!   its bytes (the connection's unacknowledged byte count, asked of the
+//!   kernel by netlink `sock_diag`, or read from `/proc/net/tcp` where
+//!   netlink is not allowed; see `acked.rs`); where that count cannot be read,
+//!   once `resend_window_ms` has passed since it was written;
 //! - the socket is read all the time, so a peer's close (FIN) or reset is
 //!   noticed at once, not at the next write; nothing is written after it;
 //! - every batch not yet counted as delivered when a connection is lost is
@@ -15,7 +16,9 @@
 //! - while no connection can be made, batches stay queued (back-pressure).
 //!
 //! Writes are vectored: each event's bytes go from the request body to the
-//! socket without a copy (TLS copies them into records).
+//! socket without a copy (TLS copies them into records). The batches waiting
+//! when the sink is ready to write are written together, up to 4 MiB of
+//! events, in writes of up to 1,024 slices (the kernel's `IOV_MAX`).
 //!
 //! With `encoding: syslog` each event is one syslog message
 //! ([`super::encode::syslog`]); an event whose message is over
@@ -24,7 +27,6 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::acked::unacked_bytes;
+use super::acked::Unacked;
 use super::deadletter::DeadLetter;
 use super::encode::syslog::{Frame, SyslogEncoder};
 use super::retry::Backoff;
@@ -51,6 +53,13 @@ use crate::tls::outbound::server_name;
 
 /// How often unacknowledged batches are checked.
 const ACK_POLL: Duration = Duration::from_millis(20);
+
+/// At most this many bytes of events, from batches already waiting, are
+/// written in one go (after the first batch, which is always taken whole).
+const MAX_GROUP_BYTES: usize = 4 << 20;
+
+/// Slices per vectored write: Linux's `IOV_MAX`.
+const MAX_SLICES: usize = 1024;
 
 /// Any connection the sink can write to.
 trait Conn: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -84,8 +93,7 @@ struct Written {
 struct Session {
     conn: Box<dyn Conn>,
     written: Arc<AtomicU64>,
-    local: SocketAddr,
-    peer: SocketAddr,
+    unacked: Unacked,
 }
 
 /// Why a connection was given up.
@@ -254,8 +262,7 @@ impl TcpSink {
         Ok(Session {
             conn,
             written,
-            local,
-            peer,
+            unacked: Unacked::new(local, peer),
         })
     }
 
@@ -272,6 +279,7 @@ impl TcpSink {
         let mut scratch = vec![0u8; 4096];
         let mut closed = false;
         let mut confirmed = Instant::now();
+        let mut group: Vec<Delivery> = Vec::new();
         loop {
             // A batch not from `resend` is new: its refused events are
             // dead-lettered once, not at each attempt.
@@ -284,14 +292,14 @@ impl TcpSink {
                     biased;
                     r = s.conn.read(&mut scratch) => match r {
                         Ok(0) => {
-                            self.confirm(&s, unconfirmed, metrics);
+                            self.confirm(&mut s, unconfirmed, metrics);
                             return Some(Lost::Closed);
                         }
                         Ok(_) => continue, // the peer may talk; nothing to do with it
                         Err(e) => return Some(Lost::Broken(e)),
                     },
                     () = tokio::time::sleep(ACK_POLL), if waiting => {
-                        self.confirm(&s, unconfirmed, metrics);
+                        self.confirm(&mut s, unconfirmed, metrics);
                         confirmed = Instant::now();
                         continue;
                     }
@@ -302,38 +310,62 @@ impl TcpSink {
                     }
                 }
             };
-            let Some(delivery) = next else {
+            let Some(first) = next else {
                 closed = true;
                 continue;
             };
             if fresh {
-                self.refuse(&delivery, metrics).await;
+                self.refuse(&first, metrics).await;
+            }
+            // The batches already waiting go out with it, in order.
+            let mut bytes = first.batch.event_bytes();
+            group.push(first);
+            while bytes < MAX_GROUP_BYTES {
+                let d = if let Some(d) = resend.pop_front() {
+                    d
+                } else if let Some(d) = (!closed).then(|| input.try_recv()).flatten() {
+                    self.refuse(&d, metrics).await;
+                    d
+                } else {
+                    break;
+                };
+                bytes += d.batch.event_bytes();
+                group.push(d);
             }
             let started = Instant::now();
-            let (events, bytes) =
-                match write_lines(&mut s.conn, &delivery, &self.encoding.lines).await {
-                    Ok(written) => written,
-                    Err(e) => {
-                        resend.push_front(delivery);
-                        return Some(Lost::Broken(e));
+            let counts = match write_lines(&mut s.conn, &group, &self.encoding.lines).await {
+                Ok(counts) => counts,
+                Err(e) => {
+                    while let Some(d) = group.pop() {
+                        resend.push_front(d);
                     }
-                };
+                    return Some(Lost::Broken(e));
+                }
+            };
             metrics
                 .send_duration
                 .observe(started.elapsed().as_secs_f64());
+            // Every batch of the group counts as delivered once the whole
+            // group is acknowledged: never sooner than its own bytes.
             let end = s.written.load(Ordering::Acquire);
-            unconfirmed.push_back(Written {
-                end,
-                at: Instant::now(),
-                delivery,
-                events,
-                bytes,
-            });
+            let at = Instant::now();
+            unconfirmed.extend(
+                group
+                    .drain(..)
+                    .zip(counts)
+                    .map(|(delivery, (events, bytes))| Written {
+                        end,
+                        at,
+                        delivery,
+                        events,
+                        bytes,
+                    }),
+            );
             // While batches keep coming the poll above never fires: check
             // here too, or a sink that catches up would not count what the
             // peer already has until its queue runs dry.
             if confirmed.elapsed() >= ACK_POLL {
-                self.confirm(&s, unconfirmed, metrics);
+                self.confirm(&mut s, unconfirmed, metrics);
                 confirmed = Instant::now();
             }
         }
@@ -390,8 +422,10 @@ impl TcpSink {
     /// Counts as delivered (and releases) the batches the peer has
     /// acknowledged, or, where that cannot be read, those written more than
     /// `resend_window_ms` ago.
-    fn confirm(&self, s: &Session, unconfirmed: &mut VecDeque<Written>, metrics: &SinkMetrics) {
-        let acked = unacked_bytes(s.local, s.peer)
+    fn confirm(&self, s: &mut Session, unconfirmed: &mut VecDeque<Written>, metrics: &SinkMetrics) {
+        let acked = s
+            .unacked
+            .bytes()
             .map(|q| s.written.load(Ordering::Acquire).saturating_sub(q));
         let now = Instant::now();
         while let Some(w) = unconfirmed.front() {
@@ -409,44 +443,52 @@ impl TcpSink {
     }
 }
 
-/// Writes the batch's events, each framed by [`frame`], with vectored
-/// writes. Returns the events written and their bytes.
+/// Writes the events of `group`'s batches in order, each framed by
+/// [`frame`], with vectored writes of up to [`MAX_SLICES`] slices. Returns
+/// the events written and their bytes, per batch.
 async fn write_lines<W: AsyncWrite + Unpin>(
     wr: &mut W,
-    delivery: &Delivery,
+    group: &[Delivery],
     encoding: &LineEncoding,
-) -> std::io::Result<(usize, u64)> {
-    const MAX_SLICES: usize = 512;
-    let events = &delivery.batch.events;
+) -> std::io::Result<Vec<(usize, u64)>> {
+    let mut counts = vec![(0usize, 0u64); group.len()];
     let mut scratch = Vec::new();
-    // Two slices per event for JSON lines, up to three for syslog: well
-    // under the kernel's 1024 per writev either way.
-    let mut frames = Vec::with_capacity(events.len().min(MAX_SLICES / 2));
-    let (mut count, mut bytes) = (0, 0);
-    for group in events.chunks(MAX_SLICES / 2) {
+    let mut frames: Vec<(usize, &Event, Range<usize>, Frame)> = Vec::new();
+    // The next event to write: its batch in the group, its index there.
+    let (mut b, mut i) = (0, 0);
+    while b < group.len() {
         scratch.clear();
         frames.clear();
-        frames.extend(
-            group
-                .iter()
-                .filter_map(|e| Some((e, frame(encoding, e, &mut scratch)?))),
-        );
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 3);
-        for (e, (head, f)) in &frames {
+        // At most three slices per event: head, the event's bytes, tail.
+        let mut room = MAX_SLICES;
+        while room >= 3 && b < group.len() {
+            let events = &group[b].batch.events;
+            if let Some(e) = events.get(i) {
+                if let Some((head, f)) = frame(encoding, e, &mut scratch) {
+                    room -= usize::from(!head.is_empty())
+                        + usize::from(f.event)
+                        + usize::from(!f.tail.is_empty());
+                    frames.push((b, e, head, f));
+                }
+                i += 1;
+            } else {
+                (b, i) = (b + 1, 0);
+            }
+        }
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_SLICES - room);
+        for (batch, e, head, f) in &frames {
             let parts = [
                 &scratch[head.clone()],
                 if f.event { &e.raw[..] } else { &[] },
                 f.tail,
             ];
-            slices.extend(
-                parts
-                    .into_iter()
-                    .filter(|p| !p.is_empty())
-                    .map(IoSlice::new),
-            );
+            let c = &mut counts[*batch];
+            c.0 += 1;
+            for p in parts.into_iter().filter(|p| !p.is_empty()) {
+                c.1 += p.len() as u64;
+                slices.push(IoSlice::new(p));
+            }
         }
-        count += frames.len();
-        bytes += slices.iter().map(|s| s.len() as u64).sum::<u64>();
         let mut bufs: &mut [IoSlice<'_>] = &mut slices;
         while !bufs.is_empty() {
             let n = wr.write_vectored(bufs).await?;
@@ -457,7 +499,7 @@ async fn write_lines<W: AsyncWrite + Unpin>(
         }
     }
     wr.flush().await?;
-    Ok((count, bytes))
+    Ok(counts)
 }
 
 // ---- per-event encoding: the hook the write path calls ---------------------

@@ -33,6 +33,16 @@ pub const FILES: &[&str] = &[
     "corpus/sysdiglabs-aks-audit-log/sample_KubeAuditLog_event.json",
 ];
 
+/// Every corpus event as a parsed JSON value, for tests that build their
+/// own batches from real events.
+pub fn corpus_values() -> Vec<serde_json::Value> {
+    FILES
+        .iter()
+        .flat_map(|f| events_of(f))
+        .map(|e| serde_json::from_str(&e).unwrap())
+        .collect()
+}
+
 /// Checks that `lines` are exactly `events`: same JSON values in the same order,
 /// byte-identical where the input was compact, one valid JSON text per line.
 fn assert_same_events(lines: &[String], events: &[String], file: &str) {

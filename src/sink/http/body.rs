@@ -1,77 +1,78 @@
-//! Request bodies of an HTTP sink: the encodings and gzip.
+//! Request bodies of an HTTP sink: the configured encoding (from
+//! [`crate::sink::encode`]) and gzip.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::{Compression, Encoding};
-use crate::decode::Event;
-use crate::pipeline::Batch;
+use crate::config::{Compression, Encoding, HttpSinkConfig};
+use crate::sink::encode::{EventRef, elasticsearch, json_array, ndjson, passthrough, splunk_hec};
 
-/// One event of a queued batch, by reference.
-#[derive(Clone)]
-pub(crate) struct EventRef {
-    pub(crate) batch: Arc<Batch>,
-    pub(crate) index: usize,
+/// What a sink's requests carry.
+pub(crate) enum Format {
+    /// Webhook batches as received; parts of them as EventLists.
+    Passthrough,
+    /// JSON lines.
+    Ndjson,
+    /// A JSON array.
+    JsonArray,
+    /// Elasticsearch/OpenSearch `_bulk` actions.
+    Bulk(elasticsearch::Bulk),
+    /// Splunk HEC envelopes.
+    Hec(splunk_hec::Hec),
 }
 
-impl EventRef {
-    pub(crate) fn event(&self) -> &Event {
-        &self.batch.events[self.index]
+impl Format {
+    pub(crate) fn new(cfg: &HttpSinkConfig) -> Self {
+        match cfg.encoding {
+            Encoding::Passthrough => Self::Passthrough,
+            Encoding::Ndjson => Self::Ndjson,
+            Encoding::JsonArray => Self::JsonArray,
+            Encoding::Elasticsearch => Self::Bulk(elasticsearch::Bulk::new(&cfg.elasticsearch)),
+            Encoding::SplunkHec => Self::Hec(splunk_hec::Hec::new(&cfg.splunk_hec)),
+        }
     }
 
-    /// The event's `auditID` as text (empty when it has none), for logs.
-    pub(crate) fn audit_id(&self) -> String {
-        let span = self.event().meta.audit_id;
-        span.map(|s| String::from_utf8_lossy(s.get(&self.batch.body)).into_owned())
-            .unwrap_or_default()
+    /// The `Content-Type` of a body.
+    pub(crate) fn content_type(&self) -> &'static str {
+        match self {
+            Self::Passthrough => passthrough::CONTENT_TYPE,
+            Self::Ndjson => ndjson::CONTENT_TYPE,
+            Self::JsonArray => json_array::CONTENT_TYPE,
+            Self::Bulk(_) => elasticsearch::CONTENT_TYPE,
+            Self::Hec(_) => splunk_hec::CONTENT_TYPE,
+        }
     }
-}
 
-/// The body for `events` in `encoding`, compressed as configured. For
-/// `passthrough` this is only used for parts of a rejected batch (an EventList
-/// of them); a whole batch is sent as the request's own body.
-pub(crate) fn encode(events: &[EventRef], encoding: Encoding, compression: Compression) -> Bytes {
-    let size: usize = events
-        .iter()
-        .map(|e| e.event().raw.len() + 1)
-        .sum::<usize>()
-        + 2;
-    let mut out = Vec::with_capacity(size);
-    match encoding {
-        Encoding::JsonArray => {
-            out.push(b'[');
-            for (i, e) in events.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(&e.event().raw);
-            }
-            out.push(b']');
-        }
-        Encoding::Ndjson => {
-            for e in events {
-                out.extend_from_slice(&e.event().raw);
-                out.push(b'\n');
-            }
-        }
-        Encoding::Passthrough => {
-            // Part of a rejected batch, sent again to find the bad events: an
-            // EventList of the same version the API server sends.
-            out.extend_from_slice(
-                br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":["#,
-            );
-            for (i, e) in events.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(&e.event().raw);
-            }
-            out.extend_from_slice(b"]}");
+    /// The path appended to each endpoint URL, for the destination APIs.
+    pub(crate) fn path(&self) -> Option<&'static str> {
+        match self {
+            Self::Bulk(_) => Some(elasticsearch::PATH),
+            Self::Hec(_) => Some(splunk_hec::EVENT_PATH),
+            _ => None,
         }
     }
-    compress(Bytes::from(out), compression)
+
+    /// Whether the answer's body is read (the destinations say per event or
+    /// in a code what became of the events).
+    pub(crate) fn reads_answers(&self) -> bool {
+        matches!(self, Self::Bulk(_) | Self::Hec(_))
+    }
+
+    /// The body for `events`, compressed as configured. For `passthrough`
+    /// this is only used for parts of a rejected batch (an EventList of
+    /// them); a whole batch is sent as the request's own body.
+    pub(crate) fn encode(&self, events: &[EventRef], compression: Compression) -> Bytes {
+        let mut out = Vec::new();
+        match self {
+            Self::Passthrough => passthrough::encode(events, &mut out),
+            Self::Ndjson => ndjson::encode(events, &mut out),
+            Self::JsonArray => json_array::encode(events, &mut out),
+            Self::Bulk(b) => b.encode(events, &mut out),
+            Self::Hec(h) => h.encode(events, &mut out),
+        }
+        compress(Bytes::from(out), compression)
+    }
 }
 
 /// `body` gzipped when `compression` says so.
@@ -87,13 +88,5 @@ pub(crate) fn compress(body: Bytes, compression: Compression) -> Bytes {
             let _ = enc.write_all(&body);
             Bytes::from(enc.finish().unwrap_or_default())
         }
-    }
-}
-
-/// The `Content-Type` of a body in `encoding`.
-pub(crate) fn content_type(encoding: Encoding) -> &'static str {
-    match encoding {
-        Encoding::Ndjson => "application/x-ndjson",
-        Encoding::Passthrough | Encoding::JsonArray => "application/json",
     }
 }

@@ -4,7 +4,10 @@
 //! that came gzipped goes out in its received bytes with `Content-Encoding:
 //! gzip` unless `compression: none` asks for it decompressed, and with
 //! `forward_path` the request's path and query follow the endpoint URL. With
-//! `ndjson` or `json_array` events are re-batched.
+//! `ndjson`, `json_array`, `elasticsearch` or `splunk_hec` events are
+//! re-batched; the bodies come from [`crate::sink::encode`]. Elasticsearch's
+//! and Splunk's answers are read for what they say of each event
+//! (`answers`).
 //!
 //! Delivery is at least once: a batch stays in the sink's queue (holding its
 //! room) until an endpoint answers 2xx, or rejects its content with one of
@@ -18,6 +21,8 @@
 //! in halves until the bad event is found; what stays rejected is counted,
 //! logged with its auditID, and written to the dead-letter file.
 
+mod answers;
+mod auth;
 mod body;
 mod endpoints;
 
@@ -25,18 +30,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderValue, header};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use body::EventRef;
+use body::Format;
 use endpoints::Endpoints;
 
 use super::deadletter::DeadLetter;
+use super::encode::EventRef;
 use super::retry::Backoff;
 use crate::config::{
     BatchConfig, Compression, Encoding, HealthCheckConfig, HttpSinkConfig, HttpVersion,
-    StatusPattern,
+    SplunkHecConfig, StatusPattern,
 };
 use crate::metrics::SinkMetrics;
 use crate::pipeline::{Delivery, QueueReader};
@@ -46,15 +52,21 @@ use crate::tls::OutboundTls;
 /// can be reused.
 const MAX_RESPONSE_BYTES: usize = 64 << 10;
 
+/// Most bytes of an answer read by a format that reads answers: a bulk
+/// answer holds some 200 bytes per event.
+const MAX_ANSWER_BYTES: usize = 32 << 20;
+
 /// A built HTTP sink.
 pub struct HttpSink {
     name: String,
     clients: Vec<reqwest::Client>,
     endpoints: Arc<Endpoints>,
-    encoding: Encoding,
+    format: Format,
     compression: Compression,
     forward_path: bool,
-    headers: HeaderMap,
+    headers: auth::Headers,
+    /// Splunk HEC indexer acknowledgement, when on.
+    hec_ack: Option<Box<SplunkHecConfig>>,
     batch: BatchConfig,
     retry_statuses: Vec<StatusPattern>,
     reject_statuses: Vec<StatusPattern>,
@@ -70,13 +82,20 @@ pub struct HttpSink {
 
 /// How one request ended, after its retries.
 enum Outcome {
-    Delivered,
+    /// Answered 2xx by endpoint `endpoint`; `body` is the answer's body
+    /// when the format reads it, empty otherwise.
+    Delivered {
+        endpoint: usize,
+        body: Bytes,
+    },
     Rejected(u16),
 }
 
 /// What an answer's status means for the request.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
+    /// Taken (2xx; for Splunk HEC, code 0).
+    Delivered,
     /// The events are refused: split, then dead-letter.
     Reject,
     /// The sink's credentials are refused (401, 403, 407): retry.
@@ -183,41 +202,24 @@ impl HttpSink {
             );
             urls.push(url);
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(
+        let format = Format::new(cfg);
+        let mut fixed = HeaderMap::new();
+        fixed.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static(body::content_type(cfg.encoding)),
+            HeaderValue::from_static(format.content_type()),
         );
-        for (name, source) in &cfg.headers {
-            let value = match (
-                &source.value,
-                &source.value_from_file,
-                &source.value_from_env,
-            ) {
-                (Some(v), _, _) => v.clone(),
-                (_, Some(path), _) => std::fs::read_to_string(path)
-                    .with_context(|| {
-                        format!(
-                            "failed to read headers.{name}.value_from_file {}",
-                            path.display()
-                        )
-                    })?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-                (_, _, Some(var)) => std::env::var(var).with_context(|| {
-                    format!("headers.{name}.value_from_env: variable {var} is not set")
-                })?,
-                _ => anyhow::bail!("headers.{name}: no value"),
-            };
-            let mut value = HeaderValue::from_str(&value)
-                .with_context(|| format!("headers.{name}: not a valid header value"))?;
-            value.set_sensitive(true);
-            headers.insert(
-                HeaderName::from_bytes(name.as_bytes())
-                    .with_context(|| format!("headers.{name}"))?,
-                value,
+        let hec = &cfg.splunk_hec;
+        if cfg.encoding == Encoding::SplunkHec && hec.ack {
+            let channel = hec
+                .channel
+                .clone()
+                .unwrap_or_else(super::encode::splunk_hec::new_channel);
+            fixed.insert(
+                "x-splunk-request-channel",
+                HeaderValue::from_str(&channel).context("splunk_hec.channel")?,
             );
         }
+        let headers = auth::Headers::build(cfg, fixed)?;
         let urls_use_tls = urls.iter().any(|u| u.scheme() == "https");
         let checked = cfg.health_check.is_some();
         let eject = Duration::from_secs(cfg.eject_secs);
@@ -233,7 +235,8 @@ impl HttpSink {
             name: cfg.name.clone(),
             clients,
             endpoints: Arc::new(endpoints),
-            encoding: cfg.encoding,
+            format,
+            hec_ack: (cfg.encoding == Encoding::SplunkHec && hec.ack).then(|| hec.clone()),
             compression: cfg.compression,
             forward_path: cfg.forward_path,
             headers,
@@ -275,6 +278,16 @@ impl HttpSink {
         })
     }
 
+    /// Watches the files its headers and credentials are read from; `None`
+    /// when there are none.
+    ///
+    /// # Errors
+    ///
+    /// A directory that cannot be watched.
+    pub fn watch_credentials(&self) -> anyhow::Result<Option<crate::tls::watch::FileWatcher>> {
+        self.headers.watch(Duration::from_secs(60))
+    }
+
     /// Its TLS client settings, when an endpoint is `https://`.
     pub fn tls(&self) -> Option<&OutboundTls> {
         self.tls.as_ref()
@@ -291,8 +304,8 @@ impl HttpSink {
                 stop_checks.clone(),
             ));
         }
-        match self.encoding {
-            Encoding::Passthrough => {
+        match self.format {
+            Format::Passthrough => {
                 // Several webhook batches in flight, as the API server sends
                 // them; each keeps its room in the queue until delivered.
                 let this = std::sync::Arc::new(self);
@@ -311,7 +324,12 @@ impl HttpSink {
                 stop_checks.cancel();
                 return;
             }
-            Encoding::Ndjson | Encoding::JsonArray => self.rebatch(&mut input).await,
+            Format::Hec(_) if self.hec_ack.is_some() => {
+                Arc::new(self).rebatch_acked(&mut input).await;
+                stop_checks.cancel();
+                return;
+            }
+            _ => self.rebatch(&mut input).await,
         }
         stop_checks.cancel();
     }
@@ -326,7 +344,7 @@ impl HttpSink {
         let events = batch.events.len();
         let path = self.forwarded_path(&batch);
         match self.send(body, gzip, path, events).await {
-            Outcome::Delivered => self.delivered(events, batch.body.len()),
+            Outcome::Delivered { .. } => self.delivered(events, batch.body.len()),
             Outcome::Rejected(status) => {
                 let refs: Vec<EventRef> = (0..events)
                     .map(|index| EventRef {
@@ -415,6 +433,78 @@ impl HttpSink {
         }
     }
 
+    /// Re-batches like [`Self::rebatch`], with up to `max_in_flight`
+    /// requests awaiting Splunk's indexer acknowledgement at once. Each
+    /// request holds the queued batches its events come from; a batch's room
+    /// in the queue is given back once every request holding it is done.
+    async fn rebatch_acked(self: Arc<Self>, input: &mut QueueReader) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_in_flight));
+        let mut requests = tokio::task::JoinSet::new();
+        let mut cursor: Option<(Arc<Delivery>, usize)> = None;
+        let mut closed = false;
+        while !closed || cursor.is_some() {
+            let mut chunk: Vec<EventRef> = Vec::new();
+            let mut holds: Vec<Arc<Delivery>> = Vec::new();
+            let mut bytes = 0usize;
+            let mut deadline: Option<Instant> = None;
+            loop {
+                if let Some((delivery, next)) = cursor.as_mut() {
+                    let batch = &delivery.batch;
+                    holds.push(delivery.clone());
+                    while *next < batch.events.len() && chunk.len() < self.batch.max_events {
+                        let size = batch.events[*next].raw.len() + 1;
+                        if !chunk.is_empty() && bytes + size > self.batch.max_bytes {
+                            break;
+                        }
+                        chunk.push(EventRef {
+                            batch: batch.clone(),
+                            index: *next,
+                        });
+                        bytes += size;
+                        *next += 1;
+                    }
+                    if *next == batch.events.len() {
+                        cursor = None;
+                    } else {
+                        break; // the chunk is full
+                    }
+                }
+                if chunk.len() >= self.batch.max_events || closed {
+                    break;
+                }
+                let wait = Duration::from_millis(self.batch.timeout_ms);
+                let next = match deadline {
+                    None if chunk.is_empty() => input.recv().await,
+                    _ => {
+                        let until = *deadline.get_or_insert_with(|| Instant::now() + wait);
+                        match tokio::time::timeout_at(until, input.recv()).await {
+                            Ok(next) => next,
+                            Err(_) => break,
+                        }
+                    }
+                };
+                match next {
+                    Some(d) => {
+                        deadline.get_or_insert_with(|| Instant::now() + wait);
+                        cursor = Some((Arc::new(d), 0));
+                    }
+                    None => closed = true,
+                }
+            }
+            if chunk.is_empty() {
+                continue;
+            }
+            let slot = slots.clone().acquire_owned().await.expect("never closed");
+            let sink = self.clone();
+            requests.spawn(async move {
+                sink.deliver_split(chunk).await;
+                drop((holds, slot));
+            });
+            while requests.try_join_next().is_some() {}
+        }
+        while requests.join_next().await.is_some() {}
+    }
+
     /// Sends `events`, splitting a rejected request in halves down to the
     /// events that are rejected on their own, which go to the dead-letter file.
     async fn deliver_split(&self, events: Vec<EventRef>) {
@@ -434,16 +524,25 @@ impl HttpSink {
 
     /// Sends each part (the last first), splitting rejected parts in halves.
     async fn deliver_parts(&self, mut stack: Vec<Vec<EventRef>>) {
+        let mut backoff = self.backoff.clone();
         while let Some(part) = stack.pop() {
-            let body = body::encode(&part, self.encoding, self.compression);
+            let body = self.format.encode(&part, self.compression);
             let raw_bytes: usize = part.iter().map(|e| e.event().raw.len() + 1).sum();
             let gzip = self.compression == Compression::Gzip;
-            let path = match self.encoding {
-                Encoding::Passthrough => self.forwarded_path(&part[0].batch),
-                Encoding::Ndjson | Encoding::JsonArray => None,
+            let path = match self.format {
+                Format::Passthrough => self.forwarded_path(&part[0].batch),
+                _ => self.format.path(),
             };
-            match self.send(body, gzip, path, part.len()).await {
-                Outcome::Delivered => self.delivered(part.len(), raw_bytes),
+            match self.send(body.clone(), gzip, path, part.len()).await {
+                Outcome::Delivered {
+                    endpoint,
+                    body: answer,
+                } => {
+                    let again = self
+                        .accepted(part, raw_bytes, endpoint, answer, &mut backoff)
+                        .await;
+                    stack.extend(again);
+                }
                 Outcome::Rejected(status) if part.len() > 1 => {
                     tracing::debug!(sink = %self.name, status, events = part.len(), "request rejected; splitting it");
                     let mut first = part;
@@ -486,6 +585,24 @@ impl HttpSink {
             }
         }
         self.metrics.dead_lettered.inc_by(events.len() as u64);
+    }
+
+    /// What an answer means for the request: by its status, and for Splunk
+    /// HEC by the code in its body.
+    fn verdict(&self, status: u16, answer: &[u8]) -> Verdict {
+        use super::encode::splunk_hec::{self, Verdict as Hec};
+        if let Format::Hec(_) = self.format {
+            return match splunk_hec::verdict(status, answer) {
+                Hec::Taken(_) => Verdict::Delivered,
+                Hec::Refused => Verdict::Reject,
+                Hec::Unauthorized => Verdict::Unauthorized,
+                Hec::Retry => Verdict::Retry,
+            };
+        }
+        if (200..300).contains(&status) {
+            return Verdict::Delivered;
+        }
+        verdict(status, &self.retry_statuses, &self.reject_statuses)
     }
 
     /// Logs a refused credential, at most once per [`AUTH_LOG_INTERVAL`]
@@ -532,7 +649,7 @@ impl HttpSink {
             };
             let mut request = self.clients[i]
                 .post(url)
-                .headers(self.headers.clone())
+                .headers(HeaderMap::clone(&self.headers.get()))
                 .body(body.clone());
             if gzip {
                 request = request.header(header::CONTENT_ENCODING, "gzip");
@@ -545,16 +662,35 @@ impl HttpSink {
                 Ok(mut resp) => {
                     let status = resp.status().as_u16();
                     let retry_after = retry_after(resp.headers());
-                    drain(&mut resp).await;
-                    self.endpoints.success(i);
-                    if resp.status().is_success() {
-                        if failing {
-                            tracing::info!(sink = %self.name, endpoint = %endpoint.label, "delivering again");
+                    let answer = match self.format.reads_answers() {
+                        true => read_body(&mut resp, MAX_ANSWER_BYTES).await,
+                        false => {
+                            drain(&mut resp).await;
+                            Some(Bytes::new())
                         }
-                        return Outcome::Delivered;
+                    };
+                    self.endpoints.success(i);
+                    let answer = answer.unwrap_or_default();
+                    let verdict = self.verdict(status, &answer);
+                    if verdict != Verdict::Delivered
+                        && verdict != Verdict::Reject
+                        && !failing
+                        && let Format::Hec(_) = self.format
+                    {
+                        let text = super::encode::splunk_hec::text(&answer);
+                        tracing::warn!(sink = %self.name, endpoint = %endpoint.label, status, answer = %text, "collector refused the request; retrying");
                     }
                     // A retried status counts against the endpoint too.
-                    match verdict(status, &self.retry_statuses, &self.reject_statuses) {
+                    match verdict {
+                        Verdict::Delivered => {
+                            if failing {
+                                tracing::info!(sink = %self.name, endpoint = %endpoint.label, "delivering again");
+                            }
+                            return Outcome::Delivered {
+                                endpoint: i,
+                                body: answer,
+                            };
+                        }
                         Verdict::Reject => return Outcome::Rejected(status),
                         Verdict::Unauthorized => {
                             self.endpoints.failure(i);
@@ -628,6 +764,23 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(secs.min(300)))
+}
+
+/// Reads the response body, or `None` (the rest discarded) when it is
+/// longer than `limit` bytes or breaks off.
+async fn read_body(resp: &mut reqwest::Response, limit: usize) -> Option<Bytes> {
+    let mut out = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) if out.len() + chunk.len() <= limit => out.extend_from_slice(&chunk),
+            Ok(Some(_)) => {
+                drain(resp).await;
+                return None;
+            }
+            Ok(None) => return Some(Bytes::from(out)),
+            Err(_) => return None,
+        }
+    }
 }
 
 /// Reads and discards up to [`MAX_RESPONSE_BYTES`] of the response body.

@@ -192,7 +192,7 @@ impl SyslogEncoder {
         out.push(b'<');
         push_num(u64::from(self.facility) * 8 + u64::from(severity), out);
         out.extend_from_slice(b">1 ");
-        match f.timestamp.as_deref().and_then(Timestamp::parse) {
+        match f.timestamp.as_deref().and_then(Rfc5424Time::parse) {
             Some(t) => t.write_rfc5424(out),
             None => out.push(b'-'),
         }
@@ -288,8 +288,8 @@ impl SyslogEncoder {
         push_num(u64::from(cef_severity(severity)), out);
         out.push(b'|');
         let mut ext = Extension { out, first: true };
-        if let Some(t) = f.timestamp.as_deref().and_then(Timestamp::parse) {
-            ext.put("rt", &t.epoch_millis().to_string());
+        if let Some(ms) = f.timestamp.as_deref().and_then(epoch_millis) {
+            ext.put("rt", &ms.to_string());
         }
         ext.opt("externalId", f.audit_id.as_deref());
         ext.opt("cat", f.stage.as_deref());
@@ -448,18 +448,16 @@ impl<'a> Fields<'a> {
 
 /// An RFC 3339 date-time as RFC 5424 §6.2.3 restricts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Timestamp<'a> {
+struct Rfc5424Time<'a> {
     /// `YYYY-MM-DDTHH:MM:SS`, checked.
     date_time: &'a str,
     /// Fraction digits (at most 6 kept), without the dot.
     frac: &'a str,
-    /// Minutes east of UTC.
-    offset_min: i64,
     /// The offset as written (`Z` or `+hh:mm`).
     offset: &'a str,
 }
 
-impl<'a> Timestamp<'a> {
+impl<'a> Rfc5424Time<'a> {
     /// Parses `YYYY-MM-DD(T|t)HH:MM:SS[.frac](Z|z|±HH:MM)`; `None` for
     /// anything else, or a field out of its range (a leap second included,
     /// which RFC 5424 forbids).
@@ -497,22 +495,19 @@ impl<'a> Timestamp<'a> {
             i += 1 + n;
         }
         let rest = &s[i..];
-        let offset_min = match rest.as_bytes() {
-            [b'Z' | b'z'] => 0,
-            [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+        match rest.as_bytes() {
+            [b'Z' | b'z'] => {}
+            [b'+' | b'-', _, _, b':', _, _] => {
                 let (oh, om) = (digits(i + 1..i + 3)?, digits(i + 4..i + 6)?);
                 if oh > 23 || om > 59 {
                     return None;
                 }
-                let m = oh * 60 + om;
-                if *sign == b'-' { -m } else { m }
             }
             _ => return None,
-        };
+        }
         Some(Self {
             date_time: &s[..19],
             frac,
-            offset_min,
             offset: rest,
         })
     }
@@ -525,36 +520,18 @@ impl<'a> Timestamp<'a> {
             out.push(b'.');
             out.extend_from_slice(self.frac.as_bytes());
         }
-        if self.offset_min == 0 && matches!(self.offset, "Z" | "z") {
+        if matches!(self.offset, "Z" | "z") {
             out.push(b'Z');
         } else {
             out.extend_from_slice(self.offset.as_bytes());
         }
     }
-
-    /// Milliseconds since 1970-01-01T00:00:00Z.
-    fn epoch_millis(&self) -> i64 {
-        let n = |r: Range<usize>| self.date_time[r].parse::<i64>().unwrap_or(0);
-        let days = days_from_civil(n(0..4), n(5..7), n(8..10));
-        let secs =
-            days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19) - self.offset_min * 60;
-        let millis = format!("{:0<3}", &self.frac[..self.frac.len().min(3)])
-            .parse::<i64>()
-            .unwrap_or(0);
-        secs * 1000 + millis
-    }
 }
 
-/// Days from 1970-01-01 to the proleptic Gregorian date `y-m-d` (the
-/// well-known "days from civil" computation over 400-year eras).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Milliseconds since 1970-01-01T00:00:00Z of an RFC 3339 time.
+fn epoch_millis(t: &str) -> Option<i64> {
+    let t = super::timestamp::Timestamp::parse(t.as_bytes())?;
+    Some(t.secs * 1000 + i64::from(t.nanos / 1_000_000))
 }
 
 /// CEF severity (0–10) of a syslog severity (0–7).
@@ -846,7 +823,7 @@ mod tests {
     #[test]
     fn timestamps_are_checked_and_normalised() {
         let t = |s: &str| {
-            Timestamp::parse(s).map(|t| {
+            Rfc5424Time::parse(s).map(|t| {
                 let mut out = Vec::new();
                 t.write_rfc5424(&mut out);
                 String::from_utf8(out).unwrap()
@@ -871,7 +848,7 @@ mod tests {
         ] {
             assert_eq!(t(bad), None, "{bad}");
         }
-        let ms = |s: &str| Timestamp::parse(s).unwrap().epoch_millis();
+        let ms = |s: &str| epoch_millis(s).unwrap();
         assert_eq!(ms("1970-01-01T00:00:00Z"), 0);
         assert_eq!(ms("2003-10-11T22:14:15.003Z"), 1_065_910_455_003);
         assert_eq!(ms("2003-10-11T23:14:15.3+01:00"), 1_065_910_455_300);

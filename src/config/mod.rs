@@ -16,6 +16,7 @@ mod https;
 mod kafka;
 mod process;
 mod sinks;
+mod syslog;
 mod types;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ pub use destinations::*;
 pub use kafka::*;
 pub use process::*;
 pub use sinks::*;
+pub use syslog::*;
 pub use types::*;
 
 /// Prefix of environment overrides, before the `__` separator.

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{ElasticsearchConfig, ProcessConfig, QueueConfig, SplunkHecConfig};
+use super::{
+    ElasticsearchConfig, ProcessConfig, QueueConfig, SplunkHecConfig, SyslogConfig, TcpEncoding,
+};
 
 /// `type: http`: POSTs to one or more HTTP(S) endpoints (a Logstash `http`
 /// input, an external collector), like HAProxy relaying the webhook.
@@ -96,7 +98,8 @@ impl Default for HttpSinkConfig {
 }
 
 /// `type: tcp`: JSON lines (one event per line) over a TCP connection,
-/// optionally TLS, like a Logstash `tcp` input with the `json_lines` codec.
+/// optionally TLS, like a Logstash `tcp` input with the `json_lines` codec;
+/// or, with `encoding: syslog`, RFC 5424 syslog messages.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpSinkConfig {
@@ -114,6 +117,13 @@ pub struct TcpSinkConfig {
     pub resend_window_ms: u64,
     /// TLS, when `enabled`.
     pub tls: ClientTlsConfig,
+    /// What goes on the wire for each event: `json_lines` or `syslog`.
+    pub encoding: TcpEncoding,
+    /// The syslog messages, with `encoding: syslog`.
+    pub syslog: SyslogConfig,
+    /// JSON-lines file for events the encoding refuses (a syslog message
+    /// over `syslog.max_message_bytes`); none when absent.
+    pub dead_letter_file: Option<PathBuf>,
     /// Its queue.
     pub queue: QueueConfig,
     /// Processing of its events.
@@ -129,6 +139,9 @@ impl Default for TcpSinkConfig {
             retry: RetryConfig::default(),
             resend_window_ms: 200,
             tls: ClientTlsConfig::default(),
+            encoding: TcpEncoding::JsonLines,
+            syslog: SyslogConfig::default(),
+            dead_letter_file: None,
             queue: QueueConfig::default(),
             process: ProcessConfig::default(),
         }
@@ -485,6 +498,13 @@ impl TcpSinkConfig {
             );
         }
         self.retry.validate(&format!("{prefix}.retry"))?;
+        if self.encoding == TcpEncoding::JsonLines && self.syslog != SyslogConfig::default() {
+            return missing(
+                &format!("{prefix}.syslog"),
+                "is used only with encoding: syslog",
+            );
+        }
+        self.syslog.validate(&format!("{prefix}.syslog"))?;
         self.tls.validate(&format!("{prefix}.tls"))
     }
 }

@@ -15,7 +15,7 @@
 //! labels.
 
 mod dedup;
-mod json;
+pub(crate) mod json;
 mod labels;
 mod metrics;
 pub mod policy;

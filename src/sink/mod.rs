@@ -70,7 +70,7 @@ impl Sink {
                 &["connect", "timeout", "connection"],
             ),
             Self::Tcp(_) => (
-                &["connect", "timeout", "connection"],
+                &["connect", "timeout", "connection", "message_too_long"],
                 &["connect", "timeout", "closed", "broken"],
             ),
             #[cfg(feature = "kafka")]

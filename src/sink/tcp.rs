@@ -19,9 +19,15 @@
 //! socket without a copy (TLS copies them into records). The batches waiting
 //! when the sink is ready to write are written together, up to 4 MiB of
 //! events, in writes of up to 1,024 slices (the kernel's `IOV_MAX`).
+//!
+//! With `encoding: syslog` each event is one syslog message
+//! ([`super::encode::syslog`]); an event whose message is over
+//! `syslog.max_message_bytes` is not sent but logged, counted and
+//! dead-lettered.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,8 +41,10 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::acked::Unacked;
+use super::deadletter::DeadLetter;
+use super::encode::syslog::{Frame, SyslogEncoder};
 use super::retry::Backoff;
-use crate::config::TcpSinkConfig;
+use crate::config::{TcpEncoding, TcpSinkConfig};
 use crate::decode::Event;
 use crate::metrics::SinkMetrics;
 use crate::pipeline::{Delivery, QueueReader};
@@ -65,6 +73,8 @@ pub struct TcpSink {
     connect_timeout: Duration,
     backoff: Backoff,
     window: Duration,
+    /// Boxed: most sinks use JSON lines, and the `Sink` enum stays small.
+    encoding: Box<Encoding>,
 }
 
 /// A batch written but not yet known to be delivered.
@@ -73,6 +83,10 @@ struct Written {
     end: u64,
     at: Instant,
     delivery: Delivery,
+    /// Events written (those the encoding refused are not).
+    events: usize,
+    /// Bytes written for them, framing included.
+    bytes: u64,
 }
 
 /// One open connection.
@@ -120,6 +134,27 @@ impl TcpSink {
                 Duration::from_secs(cfg.retry.max_backoff_secs),
             ),
             window: Duration::from_millis(cfg.resend_window_ms),
+            encoding: Box::new(Encoding {
+                lines: match cfg.encoding {
+                    TcpEncoding::JsonLines => LineEncoding::JsonLines,
+                    TcpEncoding::Syslog => {
+                        LineEncoding::Syslog(Box::new(SyslogEncoder::new(&cfg.syslog)))
+                    }
+                },
+                dead_letter: match &cfg.dead_letter_file {
+                    Some(path) => {
+                        let dl = DeadLetter::new(path.clone());
+                        dl.check().map_err(|e| {
+                            anyhow::anyhow!(
+                                "dead_letter_file {}: cannot be opened for appending: {e}",
+                                path.display()
+                            )
+                        })?;
+                        Some(dl)
+                    }
+                    None => None,
+                },
+            }),
         })
     }
 
@@ -170,10 +205,7 @@ impl TcpSink {
             let lost = self
                 .session(session, &mut input, &mut resend, &mut unconfirmed, &metrics)
                 .await;
-            let again: u64 = unconfirmed
-                .iter()
-                .map(|w| w.delivery.batch.events.len() as u64)
-                .sum();
+            let again: u64 = unconfirmed.iter().map(|w| w.events as u64).sum();
             match lost {
                 None => return,
                 Some(Lost::Closed) => {
@@ -249,6 +281,9 @@ impl TcpSink {
         let mut confirmed = Instant::now();
         let mut group: Vec<Delivery> = Vec::new();
         loop {
+            // A batch not from `resend` is new: its refused events are
+            // dead-lettered once, not at each attempt.
+            let fresh = resend.is_empty();
             let next = if let Some(d) = resend.pop_front() {
                 Some(d)
             } else {
@@ -279,26 +314,34 @@ impl TcpSink {
                 closed = true;
                 continue;
             };
+            if fresh {
+                self.refuse(&first, metrics).await;
+            }
             // The batches already waiting go out with it, in order.
             let mut bytes = first.batch.event_bytes();
             group.push(first);
             while bytes < MAX_GROUP_BYTES {
-                let Some(d) = resend
-                    .pop_front()
-                    .or_else(|| if closed { None } else { input.try_recv() })
-                else {
+                let d = if let Some(d) = resend.pop_front() {
+                    d
+                } else if let Some(d) = (!closed).then(|| input.try_recv()).flatten() {
+                    self.refuse(&d, metrics).await;
+                    d
+                } else {
                     break;
                 };
                 bytes += d.batch.event_bytes();
                 group.push(d);
             }
             let started = Instant::now();
-            if let Err(e) = write_lines(&mut s.conn, &group).await {
-                while let Some(d) = group.pop() {
-                    resend.push_front(d);
+            let counts = match write_lines(&mut s.conn, &group, &self.encoding.lines).await {
+                Ok(counts) => counts,
+                Err(e) => {
+                    while let Some(d) = group.pop() {
+                        resend.push_front(d);
+                    }
+                    return Some(Lost::Broken(e));
                 }
-                return Some(Lost::Broken(e));
-            }
+            };
             metrics
                 .send_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -309,7 +352,14 @@ impl TcpSink {
             unconfirmed.extend(
                 group
                     .drain(..)
-                    .map(|delivery| Written { end, at, delivery }),
+                    .zip(counts)
+                    .map(|(delivery, (events, bytes))| Written {
+                        end,
+                        at,
+                        delivery,
+                        events,
+                        bytes,
+                    }),
             );
             // While batches keep coming the poll above never fires: check
             // here too, or a sink that catches up would not count what the
@@ -319,6 +369,54 @@ impl TcpSink {
                 confirmed = Instant::now();
             }
         }
+    }
+
+    /// Logs, counts and dead-letters the events of a new batch that the
+    /// encoding refuses (a syslog message over `max_message_bytes`); the
+    /// write path skips them. While the dead-letter file cannot be written
+    /// the write is tried again with backoff, holding the batch.
+    async fn refuse(&self, d: &Delivery, metrics: &SinkMetrics) {
+        let LineEncoding::Syslog(enc) = &self.encoding.lines else {
+            return;
+        };
+        if !enc.has_limit() {
+            return;
+        }
+        let mut scratch = Vec::new();
+        let refused: Vec<&Event> = d
+            .batch
+            .events
+            .iter()
+            .filter(|e| {
+                scratch.clear();
+                enc.encode(e, &mut scratch).is_err()
+            })
+            .collect();
+        if refused.is_empty() {
+            return;
+        }
+        let n = refused.len() as u64;
+        metrics.error("message_too_long", n);
+        let ids: Vec<_> = refused
+            .iter()
+            .take(10)
+            .filter_map(|e| e.meta.audit_id)
+            .map(|s| String::from_utf8_lossy(s.get(&d.batch.body)).into_owned())
+            .collect();
+        tracing::error!(sink = %self.name, events = n, audit_ids = ?ids, "events over syslog.max_message_bytes are not sent");
+        if let Some(dl) = &self.encoding.dead_letter {
+            let mut backoff = self.backoff.clone();
+            let mut failing = false;
+            while let Err(e) = dl.append(refused.iter().copied()).await {
+                metrics.error("dead_letter_write", n);
+                if !failing {
+                    tracing::error!(sink = %self.name, file = %dl.path().display(), error = %e, events = n, "failed to write the dead-letter file; holding the events and retrying");
+                }
+                failing = true;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+        metrics.dead_lettered.inc_by(n);
     }
 
     /// Counts as delivered (and releases) the batches the peer has
@@ -338,30 +436,57 @@ impl TcpSink {
             if !done {
                 break;
             }
-            let d = unconfirmed.pop_front().expect("front exists").delivery;
-            metrics.events_sent.inc_by(d.batch.events.len() as u64);
-            metrics
-                .bytes_sent
-                .inc_by((d.batch.event_bytes() + d.batch.events.len()) as u64);
+            let w = unconfirmed.pop_front().expect("front exists");
+            metrics.events_sent.inc_by(w.events as u64);
+            metrics.bytes_sent.inc_by(w.bytes);
         }
     }
 }
 
 /// Writes the events of `group`'s batches in order, each framed by
-/// [`json_line`], with vectored writes of up to [`MAX_SLICES`] slices.
-async fn write_lines<W: AsyncWrite + Unpin>(wr: &mut W, group: &[Delivery]) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_SLICES);
+/// [`frame`], with vectored writes of up to [`MAX_SLICES`] slices. Returns
+/// the events written and their bytes, per batch.
+async fn write_lines<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    group: &[Delivery],
+    encoding: &LineEncoding,
+) -> std::io::Result<Vec<(usize, u64)>> {
+    let mut counts = vec![(0usize, 0u64); group.len()];
+    let mut scratch = Vec::new();
+    let mut frames: Vec<(usize, &Event, Range<usize>, Frame)> = Vec::new();
     // The next event to write: its batch in the group, its index there.
     let (mut b, mut i) = (0, 0);
     while b < group.len() {
-        slices.clear();
-        while slices.len() + 2 <= MAX_SLICES && b < group.len() {
+        scratch.clear();
+        frames.clear();
+        // At most three slices per event: head, the event's bytes, tail.
+        let mut room = MAX_SLICES;
+        while room >= 3 && b < group.len() {
             let events = &group[b].batch.events;
             if let Some(e) = events.get(i) {
-                json_line(e, &mut slices);
+                if let Some((head, f)) = frame(encoding, e, &mut scratch) {
+                    room -= usize::from(!head.is_empty())
+                        + usize::from(f.event)
+                        + usize::from(!f.tail.is_empty());
+                    frames.push((b, e, head, f));
+                }
                 i += 1;
             } else {
                 (b, i) = (b + 1, 0);
+            }
+        }
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_SLICES - room);
+        for (batch, e, head, f) in &frames {
+            let parts = [
+                &scratch[head.clone()],
+                if f.event { &e.raw[..] } else { &[] },
+                f.tail,
+            ];
+            let c = &mut counts[*batch];
+            c.0 += 1;
+            for p in parts.into_iter().filter(|p| !p.is_empty()) {
+                c.1 += p.len() as u64;
+                slices.push(IoSlice::new(p));
             }
         }
         let mut bufs: &mut [IoSlice<'_>] = &mut slices;
@@ -373,14 +498,39 @@ async fn write_lines<W: AsyncWrite + Unpin>(wr: &mut W, group: &[Delivery]) -> s
             IoSlice::advance_slices(&mut bufs, n);
         }
     }
-    wr.flush().await
+    wr.flush().await?;
+    Ok(counts)
 }
 
-/// One event's framing on the wire, as slices appended to `out` (at most
-/// two): a JSON line, the event's own bytes and a newline.
-fn json_line<'a>(event: &'a Event, out: &mut Vec<IoSlice<'a>>) {
-    out.push(IoSlice::new(&event.raw));
-    out.push(IoSlice::new(b"\n"));
+// ---- per-event encoding: the hook the write path calls ---------------------
+
+/// The sink's per-event encoding, and where the events it refuses go.
+struct Encoding {
+    lines: LineEncoding,
+    dead_letter: Option<DeadLetter>,
+}
+
+/// What the sink writes for each event (`encoding`).
+enum LineEncoding {
+    /// The event's bytes and a newline.
+    JsonLines,
+    /// One syslog message per event.
+    Syslog(Box<SyslogEncoder>),
+}
+
+/// Frames one event: appends to `scratch` what goes before the event's own
+/// bytes and returns its range there with the [`Frame`] that says what
+/// follows. `None` for an event the encoding refuses (not sent).
+fn frame(enc: &LineEncoding, e: &Event, scratch: &mut Vec<u8>) -> Option<(Range<usize>, Frame)> {
+    let start = scratch.len();
+    let f = match enc {
+        LineEncoding::JsonLines => Frame {
+            event: true,
+            tail: b"\n",
+        },
+        LineEncoding::Syslog(s) => s.encode(e, scratch).ok()?,
+    };
+    Some((start..scratch.len(), f))
 }
 
 /// A TCP stream that counts the bytes written to the socket (below TLS).

@@ -5,7 +5,7 @@ use crate::harness::*;
 
 /// The events of a corpus file, as raw JSON texts: one per line for JSON-lines
 /// files, the whole file (without its BOM) otherwise.
-fn events_of(rel: &str) -> Vec<String> {
+pub fn events_of(rel: &str) -> Vec<String> {
     let text = String::from_utf8(read(rel)).unwrap();
     let text = text.trim_start_matches('\u{feff}');
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -20,7 +20,7 @@ fn events_of(rel: &str) -> Vec<String> {
     }
 }
 
-const FILES: &[&str] = &[
+pub const FILES: &[&str] = &[
     "corpus/afcollins-kube-audit-log-tool/single-event.json",
     "corpus/falcosecurity-falco/anonymous_creates_namespace_foo.json",
     "corpus/falcosecurity-falco/create_configmap_sensitive_values.json",

@@ -24,6 +24,7 @@ mod protocol_server;
 mod reload;
 mod sinks;
 mod splunk;
+mod syslog;
 mod tls;
 mod tls_interop;
 mod tls_rotation;

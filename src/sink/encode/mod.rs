@@ -9,6 +9,7 @@
 //! - [`json_array`]: one JSON array.
 //! - [`elasticsearch`]: Elasticsearch/OpenSearch `_bulk` `create` actions.
 //! - [`splunk_hec`]: Splunk HTTP Event Collector event envelopes.
+//! - [`syslog`]: RFC 5424 syslog messages (JSON or CEF as MSG), framed for a stream.
 //! - [`timestamp`]: `stageTimestamp` as epoch time and calendar date.
 
 pub mod elasticsearch;
@@ -16,6 +17,7 @@ pub mod json_array;
 pub mod ndjson;
 pub mod passthrough;
 pub mod splunk_hec;
+pub mod syslog;
 pub mod timestamp;
 
 use std::sync::Arc;

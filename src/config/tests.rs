@@ -326,11 +326,19 @@ fn labels_keep_dotted_keys_and_bad_keys_are_named() {
     );
     let cfg = load(Some(f.path()), no_env()).unwrap();
     let pairs = |m: &std::collections::BTreeMap<String, String>| {
-        m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
     };
-    assert_eq!(pairs(&cfg.source.http.labels), ["example.com/cluster=prod-eu-1"]);
+    assert_eq!(
+        pairs(&cfg.source.http.labels),
+        ["example.com/cluster=prod-eu-1"]
+    );
     assert_eq!(pairs(&cfg.source.https.labels), ["example.com/via=tls"]);
-    assert_eq!(pairs(&cfg.sinks[0].process().labels), ["example.com/team=sre"]);
+    assert_eq!(
+        pairs(&cfg.sinks[0].process().labels),
+        ["example.com/team=sre"]
+    );
     let f = file("source:\n  https:\n    labels:\n      \"bad key\": x\n");
     let msg = load(Some(f.path()), no_env()).unwrap_err().to_string();
     assert!(msg.contains("source.https.labels.bad key"), "{msg}");

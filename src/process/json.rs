@@ -23,7 +23,9 @@ pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
 
 /// End (exclusive) of the string whose opening quote is at `i`. Most
 /// strings of an event are short: a plain loop finds their end sooner than a
-/// vector search could start, which takes over for long ones.
+/// vector search could start, which takes over for long ones until the first
+/// escape. A string with escapes is often full of them (JSON inside a string,
+/// every quote escaped), so the plain loop finishes it.
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     let short = (i + 24).min(b.len());
@@ -34,13 +36,19 @@ fn string_end(b: &[u8], i: usize) -> Option<usize> {
             _ => j += 1,
         }
     }
-    loop {
-        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
-        if b[k] == b'"' {
-            return Some(k + 1);
-        }
-        j = k + 2;
+    let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+    if b[k] == b'"' {
+        return Some(k + 1);
     }
+    j = k + 2;
+    while let Some(&c) = b.get(j) {
+        match c {
+            b'"' => return Some(j + 1),
+            b'\\' => j += 2,
+            _ => j += 1,
+        }
+    }
+    None
 }
 
 /// End (exclusive) of the object or array opening at `i`. Counting only the

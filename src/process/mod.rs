@@ -370,10 +370,13 @@ impl Processor {
                 return Fate::Drop;
             }
         }
-        let hint = attrs
-            .as_ref()
-            .and_then(Attrs::object)
-            .map_or(redact::Hint::Other, redact::hint);
+        let hint = match secrets || self.redactor.has_paths() {
+            true => attrs
+                .as_ref()
+                .and_then(Attrs::object)
+                .map_or(redact::Hint::Other, redact::hint),
+            false => redact::Hint::Other,
+        };
         let redact = (secrets && hint != redact::Hint::Other) || self.redactor.has_paths();
         if lower.is_none() && !omit_managed_fields && !redact && labels.is_empty() {
             return Fate::Keep;

@@ -133,14 +133,90 @@ struct GroupResources {
     resource_names: Vec<String>,
 }
 
+/// A `GroupResources` ready to match: each of its `resources` read once.
+#[derive(Debug)]
+struct GroupRule {
+    group: String,
+    resources: Vec<ResourcePattern>,
+    resource_names: Vec<String>,
+}
+
+/// One entry of `resources`.
+#[derive(Debug)]
+enum ResourcePattern {
+    /// `*`: every resource and subresource.
+    All,
+    /// `pods` (no subresource) or `pods/log`.
+    Exact {
+        resource: String,
+        subresource: String,
+    },
+    /// `*/status`: that subresource of any resource.
+    AnyResource { subresource: String },
+    /// `pods/*`: the resource and all its subresources.
+    AllOf { resource: String },
+}
+
+impl GroupRule {
+    fn new(g: GroupResources) -> Self {
+        let pattern = |res: String| {
+            if res == "*" {
+                ResourcePattern::All
+            } else if let Some(sub) = res.strip_prefix("*/") {
+                ResourcePattern::AnyResource {
+                    subresource: sub.to_owned(),
+                }
+            } else if let Some(r) = res.strip_suffix("/*") {
+                ResourcePattern::AllOf {
+                    resource: r.to_owned(),
+                }
+            } else {
+                let (r, sub) = res.split_once('/').unwrap_or((&res, ""));
+                ResourcePattern::Exact {
+                    resource: r.to_owned(),
+                    subresource: sub.to_owned(),
+                }
+            }
+        };
+        Self {
+            group: g.group,
+            resources: g.resources.into_iter().map(pattern).collect(),
+            resource_names: g.resource_names,
+        }
+    }
+}
+
+impl ResourcePattern {
+    #[inline]
+    fn matches(&self, o: &ObjectRef<'_>) -> bool {
+        match self {
+            Self::All => true,
+            Self::Exact {
+                resource,
+                subresource,
+            } => {
+                o.resource.is(resource.as_bytes())
+                    && match subresource.is_empty() {
+                        true => o.subresource.is_empty(),
+                        false => o.subresource.is(subresource.as_bytes()),
+                    }
+            }
+            Self::AnyResource { subresource } => {
+                !o.subresource.is_empty() && o.subresource.is(subresource.as_bytes())
+            }
+            Self::AllOf { resource } => o.resource.is(resource.as_bytes()),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Rule {
     level: AuditLevel,
-    users: Vec<String>,
-    user_groups: Vec<String>,
-    verbs: Vec<String>,
-    resources: Vec<GroupResources>,
-    namespaces: Vec<String>,
+    users: StrSet,
+    user_groups: StrSet,
+    verbs: StrSet,
+    resources: Vec<GroupRule>,
+    namespaces: StrSet,
     non_resource_urls: Vec<String>,
     omit_stages: u8,
     omit_managed_fields: bool,
@@ -261,11 +337,11 @@ impl Policy {
             let own = stages(&r.omit_stages, &key("omitStages"))?;
             rules.push(Rule {
                 level,
-                users: r.users,
-                user_groups: r.user_groups,
-                verbs: r.verbs,
-                resources: r.resources,
-                namespaces: r.namespaces,
+                users: StrSet::new(r.users),
+                user_groups: StrSet::new(r.user_groups),
+                verbs: StrSet::new(r.verbs),
+                resources: r.resources.into_iter().map(GroupRule::new).collect(),
+                namespaces: StrSet::new(r.namespaces),
                 non_resource_urls: r.non_resource_urls,
                 omit_stages: omit_stages | own,
                 omit_managed_fields: r.omit_managed_fields.unwrap_or(file.omit_managed_fields),
@@ -380,7 +456,7 @@ impl Uri<'_> {
 /// `user.groups`: the array's text, read once when a rule first asks.
 struct Groups<'a> {
     text: &'a [u8],
-    read: std::cell::OnceCell<Vec<Cow<'a, [u8]>>>,
+    read: std::cell::OnceCell<smallvec::SmallVec<[Cow<'a, [u8]>; 4]>>,
 }
 
 impl<'a> Groups<'a> {
@@ -391,10 +467,10 @@ impl<'a> Groups<'a> {
         }
     }
 
-    fn any_in(&self, list: &[String]) -> bool {
+    fn any_in(&self, list: &StrSet) -> bool {
         self.read
             .get_or_init(|| {
-                let mut all = Vec::new();
+                let mut all = smallvec::SmallVec::new();
                 json::for_each_string(self.text, |g| {
                     all.push(g);
                     true
@@ -402,7 +478,7 @@ impl<'a> Groups<'a> {
                 all
             })
             .iter()
-            .any(|g| list.iter().any(|x| same(x.as_bytes(), g)))
+            .any(|g| list.has_exact(g))
     }
 }
 
@@ -462,6 +538,52 @@ fn has(list: &[String], f: &Field<'_>) -> bool {
     list.iter().any(|x| f.is(x.as_bytes()))
 }
 
+/// The strings of one rule key (`users`, `verbs`, ...), with what lets most
+/// events be turned away without reading them: a bit per length (modulo 64)
+/// and the shortest length. A field as long as none of them can still be
+/// equal to a shorter one only if it holds an escape.
+#[derive(Debug)]
+struct StrSet {
+    items: Vec<String>,
+    lengths: u64,
+    shortest: usize,
+}
+
+impl StrSet {
+    fn new(items: Vec<String>) -> Self {
+        Self {
+            lengths: items.iter().fold(0, |m, s| m | length_bit(s.len())),
+            shortest: items.iter().map(String::len).min().unwrap_or(0),
+            items,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether it holds the string `f`.
+    #[inline]
+    fn has(&self, f: &Field<'_>) -> bool {
+        let len = f.raw_len();
+        if self.lengths & length_bit(len) == 0 && (len <= self.shortest || !f.escaped()) {
+            return false;
+        }
+        has(&self.items, f)
+    }
+
+    /// Whether it holds `s`, a string already unescaped.
+    #[inline]
+    fn has_exact(&self, s: &[u8]) -> bool {
+        self.lengths & length_bit(s.len()) != 0 && self.items.iter().any(|x| same(x.as_bytes(), s))
+    }
+}
+
+#[inline]
+fn length_bit(len: usize) -> u64 {
+    1 << (len & 63)
+}
+
 /// `a == b`, testing lengths and the end bytes inline first: most candidates
 /// differ there, and a call to compare whole short strings costs more than
 /// the test.
@@ -476,13 +598,13 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 impl Rule {
     fn matches(&self, a: &Attrs<'_>) -> bool {
-        if !self.users.is_empty() && !a.user.as_ref().is_some_and(|u| has(&self.users, u)) {
+        if !self.users.is_empty() && !a.user.as_ref().is_some_and(|u| self.users.has(u)) {
             return false;
         }
         if !self.user_groups.is_empty() && !a.groups.any_in(&self.user_groups) {
             return false;
         }
-        if !self.verbs.is_empty() && !has(&self.verbs, &a.verb) {
+        if !self.verbs.is_empty() && !self.verbs.has(&a.verb) {
             return false;
         }
         if !self.namespaces.is_empty() || !self.resources.is_empty() {
@@ -505,7 +627,7 @@ impl Rule {
         let Some(o) = &a.object else {
             return false;
         };
-        if !self.namespaces.is_empty() && !has(&self.namespaces, &o.namespace) {
+        if !self.namespaces.is_empty() && !self.namespaces.has(&o.namespace) {
             return false;
         }
         if self.resources.is_empty() {
@@ -521,27 +643,8 @@ impl Rule {
                 if !g.resource_names.is_empty() && !has(&g.resource_names, &o.name) {
                     return false;
                 }
-                g.resources.iter().any(|res| {
-                    let res = res.as_bytes();
-                    is_combined(res, &o.resource, &o.subresource)
-                        || res == b"*"
-                        || (!o.subresource.is_empty()
-                            && res.strip_prefix(b"*/").is_some_and(|s| o.subresource.is(s)))
-                        || res.strip_suffix(b"/*").is_some_and(|r| o.resource.is(r))
-                })
+                g.resources.iter().any(|p| p.matches(o))
             })
-    }
-}
-
-/// Whether `res` is `resource/subresource` (or `resource` when there is no
-/// subresource).
-fn is_combined(res: &[u8], resource: &Field<'_>, subresource: &Field<'_>) -> bool {
-    if subresource.is_empty() {
-        return resource.is(res);
-    }
-    match res.iter().position(|&c| c == b'/') {
-        Some(at) => resource.is(&res[..at]) && subresource.is(&res[at + 1..]),
-        None => false,
     }
 }
 

@@ -70,7 +70,7 @@ impl<'a> Field<'a> {
     /// than it takes, so a content as long as `s` or shorter is equal only
     /// when its bytes are (and `s` has no backslash, which the content would
     /// have to escape), and only a longer one with escapes is unescaped.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn is(&self, s: &[u8]) -> bool {
         let raw = self.raw;
         if raw.len() == s.len() {
@@ -86,7 +86,13 @@ impl<'a> Field<'a> {
         raw.len() > s.len() && self.escaped() && self.unescaped().as_deref() == Some(s)
     }
 
-    fn escaped(&self) -> bool {
+    /// Length of the content as written, escapes included.
+    pub(crate) fn raw_len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether the content holds an escape (looked for once).
+    pub(crate) fn escaped(&self) -> bool {
         match self.escaped.get() {
             Some(e) => e,
             None => {

@@ -302,17 +302,30 @@ async fn each_listener_labels_what_it_receives_and_the_sink_label_wins() {
     let p = crate::tls::pki();
     let mut cfg = crate::pki::https_config(config(), &p.secret);
     let set = |m: &mut std::collections::BTreeMap<String, String>, pairs: &[(&str, &str)]| {
-        m.extend(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        m.extend(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
     };
     set(
         &mut cfg.source.http.labels,
-        &[("example.com/cluster", "in-cluster"), ("example.com/team", "x")],
+        &[
+            ("example.com/cluster", "in-cluster"),
+            ("example.com/team", "x"),
+        ],
     );
     set(
         &mut cfg.source.https.labels,
-        &[("example.com/cluster", "prod-eu-1"), ("example.com/via", "tls")],
+        &[
+            ("example.com/cluster", "prod-eu-1"),
+            ("example.com/via", "tls"),
+        ],
     );
-    set(&mut stdout_process(&mut cfg).labels, &[("example.com/team", "sre")]);
+    set(
+        &mut stdout_process(&mut cfg).labels,
+        &[("example.com/team", "sre")],
+    );
     let fwd = Forwarder::start(cfg).await;
     assert_eq!(post_to(&fwd, "/post", &list(0..2)).await, 200);
     fwd.out.wait_lines(2).await;

@@ -48,7 +48,7 @@ pub(crate) struct Index<'a> {
     /// Added to every offset in `idx` to make it an offset in the body.
     pub(crate) base: usize,
     /// For each token that opens an object or array, the token after the
-    /// value it starts (0 for other tokens).
+    /// value it starts (any value for other tokens; may be longer than `idx`).
     pub(crate) next: &'a [u32],
     /// The token after each JSON text, in order (the last is `idx.len()`).
     pub(crate) docs: &'a [u32],
@@ -232,19 +232,21 @@ fn validate(
     docs: &mut Vec<u32>,
 ) -> Result<bool, (usize, &'static str)> {
     let n = idx.len();
-    next.clear();
-    next.resize(n, 0);
+    // Only the entries of opening tokens are read, and the grammar writes
+    // each one before it accepts the text: the rest may hold anything, so the
+    // buffer is grown but not cleared.
+    if next.len() < n {
+        next.resize(n, 0);
+    }
     stack.clear();
     docs.clear();
     let mut strings = Strings::new(text);
-    let mut any_ws = false;
     // Position and byte of token `t`; past the last token, the end and 0.
     let tok = |t: usize| match idx.get(t) {
         Some(&p) => (p as usize, text.get(p as usize).copied().unwrap_or(0)),
         None => (text.len(), 0),
     };
     let start_of = |t: usize| idx.get(t).map_or(text.len(), |&p| p as usize);
-    let ws_before = |p: usize| p > 0 && p <= text.len() && is_ws(text[p - 1]);
     let fault = |p: usize| {
         if p >= text.len() {
             (p, END)
@@ -258,17 +260,15 @@ fn validate(
         match state {
             State::Value => {
                 let (p, c) = tok(t);
-                any_ws |= ws_before(p);
                 match c {
                     b'{' | b'[' => {
                         if stack.len() >= MAX_DEPTH {
                             return Err((p, "nested too deeply"));
                         }
                         stack.push(t as u32);
-                        let (q, d) = tok(t + 1);
+                        let (_, d) = tok(t + 1);
                         if d == c + 2 {
                             // `{}` or `[]` (`}` is `{` + 2, `]` is `[` + 2).
-                            any_ws |= ws_before(q);
                             stack.pop();
                             next[t] = t as u32 + 2;
                             t += 2;
@@ -293,24 +293,20 @@ fn validate(
                 if c != b'"' {
                     return Err(fault(p));
                 }
-                any_ws |= ws_before(p);
                 strings.check(p, start_of(t + 1))?;
                 let (q, d) = tok(t + 1);
                 if d != b':' {
                     return Err(fault(q));
                 }
-                any_ws |= ws_before(q);
                 let (v, e) = tok(t + 2);
                 if matches!(e, b'{' | b'[') {
                     t += 2;
                     state = State::Value;
                     break;
                 }
-                any_ws |= ws_before(v);
                 scalar(text, v, e, start_of(t + 3), &mut strings)?;
                 t += 3;
                 let (r, f) = tok(t);
-                any_ws |= ws_before(r);
                 match f {
                     b',' => t += 1,
                     b'}' => {
@@ -327,13 +323,12 @@ fn validate(
                 let Some(&open) = stack.last() else {
                     docs.push(t as u32);
                     if t >= n {
-                        return Ok(any_ws);
+                        return Ok(whitespace_between(text, idx));
                     }
                     state = State::Value;
                     continue;
                 };
                 let (p, c) = tok(t);
-                any_ws |= ws_before(p);
                 let opener = text[idx[open as usize] as usize];
                 match c {
                     b',' => {
@@ -353,6 +348,19 @@ fn validate(
             }
         }
     }
+}
+
+/// Whether whitespace sits just before any token but the first, in a text
+/// that passed the grammar: there the byte before a token is whitespace, a
+/// bracket, a colon, a comma, a closing quote or the last byte of a number or
+/// literal, and only whitespace is at or below `b' '`. One branch-free pass,
+/// kept out of the grammar loop.
+fn whitespace_between(text: &[u8], idx: &[u32]) -> bool {
+    let lowest = idx.iter().skip(1).fold(u8::MAX, |lowest, &p| {
+        let before = text.get((p as usize).wrapping_sub(1)).copied();
+        lowest.min(before.unwrap_or(u8::MAX))
+    });
+    lowest <= b' '
 }
 
 /// Checks the scalar token at `p` whose first byte is `c`; the next token
@@ -391,8 +399,7 @@ fn scalar(
 
 /// The escapes of every string of a text, checked in order of position: a
 /// string costs a comparison unless a backslash lies before its end. Within a
-/// string the next backslash is found by a short scan; past it, by `memchr`
-/// over the rest of the text.
+/// string and past it, the next backslash is found by `memchr`.
 struct Strings<'a> {
     text: &'a [u8],
     /// The first backslash at or after the last string checked.
@@ -435,10 +442,7 @@ impl<'a> Strings<'a> {
         };
         while at < close {
             let past = at + escape_len(text, at, close).ok_or((at, "invalid string escape"))?;
-            at = text[past..close]
-                .iter()
-                .position(|&b| b == b'\\')
-                .map_or(close, |i| past + i);
+            at = memchr::memchr(b'\\', &text[past..close]).map_or(close, |i| past + i);
         }
         self.backslash = find_backslash(text, close);
         Ok(())

@@ -362,6 +362,31 @@ impl HttpSink {
     /// `batch.max_events` events and `batch.max_bytes` bytes, waiting at most
     /// `batch.timeout_ms` for a partial one to fill. A batch's room in the
     /// queue is given back once all its events are delivered.
+    /// Adds the events of `batch` from index `*next` to `chunk` (whose
+    /// encoded size so far is `*bytes`) until `batch.max_events` or
+    /// `batch.max_bytes` would be passed; returns whether the batch is used up.
+    fn fill(
+        &self,
+        batch: &Arc<crate::pipeline::Batch>,
+        next: &mut usize,
+        chunk: &mut Vec<EventRef>,
+        bytes: &mut usize,
+    ) -> bool {
+        while *next < batch.events.len() && chunk.len() < self.batch.max_events {
+            let size = batch.events[*next].raw.len() + 1;
+            if !chunk.is_empty() && *bytes + size > self.batch.max_bytes {
+                break;
+            }
+            chunk.push(EventRef {
+                batch: batch.clone(),
+                index: *next,
+            });
+            *bytes += size;
+            *next += 1;
+        }
+        *next == batch.events.len()
+    }
+
     async fn rebatch(&self, input: &mut QueueReader) {
         let mut held: std::collections::VecDeque<Delivery> = std::collections::VecDeque::new();
         let mut done_in_front = 0usize;
@@ -373,23 +398,10 @@ impl HttpSink {
             let mut deadline: Option<Instant> = None;
             loop {
                 if let Some((batch, next)) = cursor.as_mut() {
-                    while *next < batch.events.len() && chunk.len() < self.batch.max_events {
-                        let size = batch.events[*next].raw.len() + 1;
-                        if !chunk.is_empty() && bytes + size > self.batch.max_bytes {
-                            break;
-                        }
-                        chunk.push(EventRef {
-                            batch: batch.clone(),
-                            index: *next,
-                        });
-                        bytes += size;
-                        *next += 1;
-                    }
-                    if *next == batch.events.len() {
-                        cursor = None;
-                    } else {
+                    if !self.fill(batch, next, &mut chunk, &mut bytes) {
                         break; // the chunk is full
                     }
+                    cursor = None;
                 }
                 if chunk.len() >= self.batch.max_events || closed {
                     break;
@@ -449,25 +461,11 @@ impl HttpSink {
             let mut deadline: Option<Instant> = None;
             loop {
                 if let Some((delivery, next)) = cursor.as_mut() {
-                    let batch = &delivery.batch;
                     holds.push(delivery.clone());
-                    while *next < batch.events.len() && chunk.len() < self.batch.max_events {
-                        let size = batch.events[*next].raw.len() + 1;
-                        if !chunk.is_empty() && bytes + size > self.batch.max_bytes {
-                            break;
-                        }
-                        chunk.push(EventRef {
-                            batch: batch.clone(),
-                            index: *next,
-                        });
-                        bytes += size;
-                        *next += 1;
-                    }
-                    if *next == batch.events.len() {
-                        cursor = None;
-                    } else {
+                    if !self.fill(&delivery.batch, next, &mut chunk, &mut bytes) {
                         break; // the chunk is full
                     }
+                    cursor = None;
                 }
                 if chunk.len() >= self.batch.max_events || closed {
                     break;

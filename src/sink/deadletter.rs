@@ -24,6 +24,26 @@ impl DeadLetter {
         Self { path }
     }
 
+    /// The dead-letter file of a sink's `dead_letter_file`, if it has one,
+    /// opened once to check it can be appended to.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the key and the file, with the I/O error.
+    pub fn configured(path: Option<&PathBuf>) -> anyhow::Result<Option<Self>> {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let dl = Self::new(path.clone());
+        dl.check().map_err(|e| {
+            anyhow::anyhow!(
+                "dead_letter_file {}: cannot be opened for appending: {e}",
+                path.display()
+            )
+        })?;
+        Ok(Some(dl))
+    }
+
     /// Opens the file for appending (creating it), as [`DeadLetter::append`]
     /// will: called at start-up.
     ///

@@ -141,19 +141,7 @@ impl TcpSink {
                         LineEncoding::Syslog(Box::new(SyslogEncoder::new(&cfg.syslog)))
                     }
                 },
-                dead_letter: match &cfg.dead_letter_file {
-                    Some(path) => {
-                        let dl = DeadLetter::new(path.clone());
-                        dl.check().map_err(|e| {
-                            anyhow::anyhow!(
-                                "dead_letter_file {}: cannot be opened for appending: {e}",
-                                path.display()
-                            )
-                        })?;
-                        Some(dl)
-                    }
-                    None => None,
-                },
+                dead_letter: DeadLetter::configured(cfg.dead_letter_file.as_ref())?,
             }),
         })
     }

@@ -259,19 +259,7 @@ impl HttpSink {
                 Duration::from_secs(cfg.retry.max_backoff_secs),
             ),
             max_in_flight: cfg.max_in_flight,
-            dead_letter: match &cfg.dead_letter_file {
-                Some(path) => {
-                    let dl = DeadLetter::new(path.clone());
-                    dl.check().with_context(|| {
-                        format!(
-                            "dead_letter_file {}: cannot be opened for appending",
-                            path.display()
-                        )
-                    })?;
-                    Some(dl)
-                }
-                None => None,
-            },
+            dead_letter: DeadLetter::configured(cfg.dead_letter_file.as_ref())?,
             health: cfg.health_check.clone(),
             metrics,
             tls: urls_use_tls.then_some(tls),

@@ -164,19 +164,7 @@ impl KafkaSink {
         } else {
             None
         };
-        let dead_letter = match &cfg.dead_letter_file {
-            Some(path) => {
-                let dl = DeadLetter::new(path.clone());
-                dl.check().map_err(|e| {
-                    anyhow::anyhow!(
-                        "dead_letter_file {}: cannot be opened for appending: {e}",
-                        path.display()
-                    )
-                })?;
-                Some(dl)
-            }
-            None => None,
-        };
+        let dead_letter = DeadLetter::configured(cfg.dead_letter_file.as_ref())?;
         Ok(Self {
             producer: client::producer(cfg, Role::Main, &metrics)?,
             solo: None,

@@ -422,6 +422,9 @@ impl Builder<'_> {
 }
 
 /// Reads the routing fields of the event whose value starts at token `tok`.
+/// Keys are matched as written, without escapes (the API server writes them
+/// so).
+#[inline(never)]
 fn read_meta(w: &Walk<'_>, tok: usize) -> EventMeta {
     let span = |t: usize| {
         w.string(t).map(|r| Span {
@@ -430,60 +433,48 @@ fn read_meta(w: &Walk<'_>, tok: usize) -> EventMeta {
         })
     };
     let mut meta = EventMeta::default();
-    for m in w.members(tok) {
-        // The first byte of the key picks the one field it may be.
-        let first = w.body().get(w.pos(m.key) + 1).copied().unwrap_or(0);
-        match first {
-            b'l' if w.key_is(&m, b"level") => {
-                meta.level = span(m.value).map(|s| Level::from_raw(s.get(w.body())));
-            }
-            b's' if w.key_is(&m, b"stage") => {
-                meta.stage = span(m.value).map(|s| Stage::from_raw(s.get(w.body())));
-            }
-            b'a' if w.key_is(&m, b"auditID") => meta.audit_id = span(m.value),
-            b'v' if w.key_is(&m, b"verb") => meta.verb = span(m.value),
-            b'u' if w.key_is(&m, b"user") => {
-                for u in w.members(m.value) {
-                    if w.key_is(&u, b"username") {
-                        meta.username = span(u.value);
-                    } else if w.key_is(&u, b"groups") && w.byte(u.value) == b'[' {
-                        let r = w.value_range(u.value, u.next);
-                        meta.groups = Some(Span {
-                            start: r.start as u32,
-                            len: r.len() as u32,
-                        });
-                    }
-                }
-            }
-            b'o' if w.key_is(&m, b"objectRef") => {
-                meta.has_object_ref = w.byte(m.value) == b'{';
-                for o in w.members(m.value) {
-                    let slot = match w.body().get(w.pos(o.key) + 1) {
-                        Some(b'n') if w.key_is(&o, b"namespace") => &mut meta.namespace,
-                        Some(b'n') if w.key_is(&o, b"name") => &mut meta.name,
-                        Some(b'r') if w.key_is(&o, b"resource") => &mut meta.resource,
-                        Some(b'a') if w.key_is(&o, b"apiGroup") => &mut meta.api_group,
-                        Some(b's') if w.key_is(&o, b"subresource") => &mut meta.subresource,
-                        _ => continue,
-                    };
-                    *slot = span(o.value);
-                }
-            }
-            b'r' if w.key_is(&m, b"requestURI") => meta.request_uri = span(m.value),
-            b'r' if w.key_is(&m, b"requestObject") || w.key_is(&m, b"responseObject") => {
-                meta.has_bodies |= !matches!(w.byte(m.value), b'n');
-            }
-            b'r' if w.key_is(&m, b"responseStatus") => {
-                for s in w.members(m.value) {
-                    if w.key_is(&s, b"code") {
-                        let raw = &w.body()[w.value_range(s.value, s.next)];
-                        meta.code = std::str::from_utf8(raw).ok().and_then(|t| t.parse().ok());
-                    }
-                }
+    w.each_member(tok, |key, m| match key {
+        b"level" => meta.level = span(m.value).map(|s| Level::from_raw(s.get(w.body()))),
+        b"stage" => meta.stage = span(m.value).map(|s| Stage::from_raw(s.get(w.body()))),
+        b"auditID" => meta.audit_id = span(m.value),
+        b"verb" => meta.verb = span(m.value),
+        b"requestURI" => meta.request_uri = span(m.value),
+        b"user" => w.each_member(m.value, |key, u| match key {
+            b"username" => meta.username = span(u.value),
+            b"groups" if w.byte(u.value) == b'[' => {
+                let r = w.value_range(u.value, u.next);
+                meta.groups = Some(Span {
+                    start: r.start as u32,
+                    len: r.len() as u32,
+                });
             }
             _ => {}
+        }),
+        b"objectRef" => {
+            meta.has_object_ref = w.byte(m.value) == b'{';
+            w.each_member(m.value, |key, o| {
+                let slot = match key {
+                    b"namespace" => &mut meta.namespace,
+                    b"name" => &mut meta.name,
+                    b"resource" => &mut meta.resource,
+                    b"apiGroup" => &mut meta.api_group,
+                    b"subresource" => &mut meta.subresource,
+                    _ => return,
+                };
+                *slot = span(o.value);
+            });
         }
-    }
+        b"requestObject" | b"responseObject" => {
+            meta.has_bodies |= !matches!(w.byte(m.value), b'n');
+        }
+        b"responseStatus" => w.each_member(m.value, |key, s| {
+            if key == b"code" {
+                let raw = &w.body()[w.value_range(s.value, s.next)];
+                meta.code = std::str::from_utf8(raw).ok().and_then(|t| t.parse().ok());
+            }
+        }),
+        _ => {}
+    });
     meta
 }
 

@@ -45,6 +45,8 @@ pub struct JsonError {
 pub(crate) struct Index<'a> {
     /// Offset of each structural token, relative to `base`.
     pub(crate) idx: &'a [u32],
+    /// The first byte of each token, in the same order.
+    pub(crate) kinds: &'a [u8],
     /// Added to every offset in `idx` to make it an offset in the body.
     pub(crate) base: usize,
     /// For each token that opens an object or array, the token after the
@@ -73,6 +75,7 @@ struct Scratch {
 struct Work {
     buffers: Option<Buffers>,
     tape: Option<Tape<'static>>,
+    kinds: Vec<u8>,
     next: Vec<u32>,
     stack: Vec<u32>,
     docs: Vec<u32>,
@@ -158,7 +161,7 @@ impl Work {
             offset: base + offset,
             what,
         };
-        if len >= u32::MAX as usize {
+        if len > MAX_TEXT {
             return Err(fail(0, "request body too large to index"));
         }
         let buffers = self
@@ -181,10 +184,19 @@ impl Work {
             return Err(fail(locate(text).unwrap_or(len), what));
         }
         let idx = buffers.structural_indexes();
-        let any_ws = validate(text, idx, &mut self.next, &mut self.stack, &mut self.docs)
-            .map_err(|(offset, what)| fail(offset, what))?;
+        let any_ws = token_kinds(text, idx, &mut self.kinds);
+        validate(
+            text,
+            idx,
+            &self.kinds,
+            &mut self.next,
+            &mut self.stack,
+            &mut self.docs,
+        )
+        .map_err(|(offset, what)| fail(offset, what))?;
         Ok(Index {
             idx,
+            kinds: &self.kinds,
             base,
             next: &self.next,
             docs: &self.docs,
@@ -210,27 +222,65 @@ enum State {
     After,
 }
 
+/// The first bytes of the four tokens of a member `"key":"value",`.
+const KEY_STRING_COMMA: u32 = u32::from_le_bytes(*b"\":\",");
+/// The first bytes of the four tokens of a last member `"key":"value"}`.
+const KEY_STRING_CLOSE: u32 = u32::from_le_bytes(*b"\":\"}");
+
 const SYNTAX: &str = "invalid JSON syntax";
 /// [`JsonError::what`] of a text that is not UTF-8.
 pub(crate) const INVALID_UTF8: &str = "invalid UTF-8";
 const END: &str = "unexpected end of input";
 
-/// Checks the tokens `idx` of `text` (already through simd-json's stage 1)
-/// against the JSON grammar; fills `next` (the token after each value, for the
-/// tokens that open an object or array) and `docs` (the token after each
-/// text). Returns whether whitespace sits before any token, or the offset and
-/// nature of the first fault.
+/// Marks a bracket on the grammar's stack as an object's (`{`); the rest of
+/// the entry is the bracket's token number, below 2^31 since a text is
+/// shorter than [`MAX_TEXT`].
+const OBJECT: u32 = 1 << 31;
+
+/// Longest text indexed, in bytes: token numbers and offsets fit in 31 bits.
+pub(crate) const MAX_TEXT: usize = (1 << 31) - 1;
+
+/// Fills `kinds` with the first byte of each token of `text` (its kind: a
+/// bracket, `:`, `,`, `"` for a string, the first byte of a number or
+/// literal) and returns whether whitespace sits just before any token but
+/// the first. In a text that passes the grammar the byte before a token is a
+/// bracket, a colon, a comma, a closing quote, the last byte of a number or
+/// literal, or whitespace, and only whitespace is at or below `b' '`. One
+/// tight pass of independent loads, so that the grammar then reads one dense
+/// byte per token.
+#[inline(never)]
+fn token_kinds(text: &[u8], idx: &[u32], kinds: &mut Vec<u8>) -> bool {
+    kinds.clear();
+    let mut spaced = false;
+    kinds.extend(idx.iter().map(|&p| {
+        let p = p as usize;
+        // The first token of the text has no byte before it.
+        let before = text.get(p.wrapping_sub(1)).copied().unwrap_or(b'{');
+        spaced |= before <= b' ';
+        text.get(p).copied().unwrap_or(0)
+    }));
+    spaced
+}
+
+/// Checks the tokens `idx` of `text` (already through simd-json's stage 1),
+/// whose first bytes are `kinds`, against the JSON grammar; fills `next`
+/// (the token after each value, for the tokens that open an object or array)
+/// and `docs` (the token after each text). Returns the offset and nature of
+/// the first fault.
 ///
 /// The loop follows the shape of the data rather than one token at a time: the
-/// members of an object whose values are scalars, the bulk of an audit event,
-/// are checked key, colon, value and comma in one step.
+/// members of an object whose values are strings, the bulk of an audit event,
+/// are checked key, colon, value and comma with one comparison of their kinds
+/// and one of where the next backslash lies.
+#[inline(never)]
 fn validate(
     text: &[u8],
     idx: &[u32],
+    kinds: &[u8],
     next: &mut Vec<u32>,
     stack: &mut Vec<u32>,
     docs: &mut Vec<u32>,
-) -> Result<bool, (usize, &'static str)> {
+) -> Result<(), (usize, &'static str)> {
     let n = idx.len();
     // Only the entries of opening tokens are read, and the grammar writes
     // each one before it accepts the text: the rest may hold anything, so the
@@ -241,13 +291,12 @@ fn validate(
     stack.clear();
     docs.clear();
     let mut strings = Strings::new(text);
-    // Position and byte of token `t`; past the last token, the end and 0.
-    let tok = |t: usize| match idx.get(t) {
-        Some(&p) => (p as usize, text.get(p as usize).copied().unwrap_or(0)),
-        None => (text.len(), 0),
-    };
+    // Kind of token `t`; past the last token, 0.
+    let kind = |t: usize| kinds.get(t).copied().unwrap_or(0);
+    // Where token `t` starts; past the last token, the end of the text.
     let start_of = |t: usize| idx.get(t).map_or(text.len(), |&p| p as usize);
-    let fault = |p: usize| {
+    let fault = |t: usize| {
+        let p = start_of(t);
         if p >= text.len() {
             (p, END)
         } else {
@@ -259,108 +308,114 @@ fn validate(
     loop {
         match state {
             State::Value => {
-                let (p, c) = tok(t);
+                let c = kind(t);
                 match c {
                     b'{' | b'[' => {
                         if stack.len() >= MAX_DEPTH {
-                            return Err((p, "nested too deeply"));
+                            return Err((start_of(t), "nested too deeply"));
                         }
-                        stack.push(t as u32);
-                        let (_, d) = tok(t + 1);
-                        if d == c + 2 {
+                        if kind(t + 1) == c + 2 {
                             // `{}` or `[]` (`}` is `{` + 2, `]` is `[` + 2).
-                            stack.pop();
                             next[t] = t as u32 + 2;
                             t += 2;
                             state = State::After;
-                        } else {
+                        } else if c == b'{' {
+                            stack.push(t as u32 | OBJECT);
                             t += 1;
-                            state = if c == b'{' {
-                                State::Member
-                            } else {
-                                State::Value
-                            };
+                            state = State::Member;
+                        } else {
+                            stack.push(t as u32);
+                            t += 1;
                         }
                         continue;
                     }
-                    _ => scalar(text, p, c, start_of(t + 1), &mut strings)?,
+                    // The strings of an array (`"a","b"`), two tokens at a
+                    // time.
+                    b'"' if stack.last().is_some_and(|&open| open & OBJECT == 0)
+                        && kind(t + 1) == b','
+                        && strings.backslash >= start_of(t + 1) =>
+                    {
+                        t += 2;
+                        continue;
+                    }
+                    _ => scalar(text, start_of(t), c, start_of(t + 1), &mut strings)?,
                 }
                 t += 1;
                 state = State::After;
             }
             State::Member => loop {
-                let (p, c) = tok(t);
-                if c != b'"' {
-                    return Err(fault(p));
+                // The bulk of an audit event: `"key":"value",` (or `}` to
+                // close).
+                if let (Some(&[k0, k1, k2, k3]), Some(&end)) = (kinds.get(t..t + 4), idx.get(t + 3))
+                {
+                    let word = u32::from_le_bytes([k0, k1, k2, k3]);
+                    if word == KEY_STRING_COMMA && strings.backslash >= end as usize {
+                        t += 4;
+                        continue;
+                    }
+                    if word == KEY_STRING_CLOSE && strings.backslash >= end as usize {
+                        let open = stack.pop().unwrap_or_default() & !OBJECT;
+                        next[open as usize] = t as u32 + 4;
+                        t += 4;
+                        state = State::After;
+                        break;
+                    }
                 }
-                strings.check(p, start_of(t + 1))?;
-                let (q, d) = tok(t + 1);
-                if d != b':' {
-                    return Err(fault(q));
+                if kind(t) != b'"' {
+                    return Err(fault(t));
                 }
-                let (v, e) = tok(t + 2);
+                strings.check(start_of(t), start_of(t + 1))?;
+                if kind(t + 1) != b':' {
+                    return Err(fault(t + 1));
+                }
+                let e = kind(t + 2);
                 if matches!(e, b'{' | b'[') {
                     t += 2;
                     state = State::Value;
                     break;
                 }
-                scalar(text, v, e, start_of(t + 3), &mut strings)?;
+                scalar(text, start_of(t + 2), e, start_of(t + 3), &mut strings)?;
                 t += 3;
-                let (r, f) = tok(t);
-                match f {
+                match kind(t) {
                     b',' => t += 1,
                     b'}' => {
-                        let open = stack.pop().unwrap_or_default();
+                        let open = stack.pop().unwrap_or_default() & !OBJECT;
                         next[open as usize] = t as u32 + 1;
                         t += 1;
                         state = State::After;
                         break;
                     }
-                    _ => return Err(fault(r)),
+                    _ => return Err(fault(t)),
                 }
             },
             State::After => {
                 let Some(&open) = stack.last() else {
                     docs.push(t as u32);
                     if t >= n {
-                        return Ok(whitespace_between(text, idx));
+                        return Ok(());
                     }
                     state = State::Value;
                     continue;
                 };
-                let (p, c) = tok(t);
-                let opener = text[idx[open as usize] as usize];
-                match c {
+                let object = open & OBJECT != 0;
+                match kind(t) {
                     b',' => {
-                        state = if opener == b'{' {
-                            State::Member
-                        } else {
-                            State::Value
-                        };
+                        state = if object { State::Member } else { State::Value };
                     }
-                    b'}' | b']' if c == opener + 2 => {
+                    b'}' if object => {
+                        stack.pop();
+                        next[(open & !OBJECT) as usize] = t as u32 + 1;
+                    }
+                    b']' if !object => {
                         stack.pop();
                         next[open as usize] = t as u32 + 1;
                     }
-                    _ => return Err(fault(p)),
+                    _ => return Err(fault(t)),
                 }
                 t += 1;
             }
         }
     }
-}
-
-/// Whether whitespace sits just before any token but the first, in a text
-/// that passed the grammar: there the byte before a token is whitespace, a
-/// bracket, a colon, a comma, a closing quote or the last byte of a number or
-/// literal, and only whitespace is at or below `b' '`. One branch-free pass,
-/// kept out of the grammar loop.
-fn whitespace_between(text: &[u8], idx: &[u32]) -> bool {
-    let lowest = idx.iter().skip(1).fold(u8::MAX, |lowest, &p| {
-        let before = text.get((p as usize).wrapping_sub(1)).copied();
-        lowest.min(before.unwrap_or(u8::MAX))
-    });
-    lowest <= b' '
 }
 
 /// Checks the scalar token at `p` whose first byte is `c`; the next token
@@ -398,20 +453,31 @@ fn scalar(
 }
 
 /// The escapes of every string of a text, checked in order of position: a
-/// string costs a comparison unless a backslash lies before its end. Within a
-/// string and past it, the next backslash is found by `memchr`.
+/// string costs a comparison unless a backslash lies before its end. The
+/// backslashes are found in one forward scan (`memchr`), each once.
 struct Strings<'a> {
     text: &'a [u8],
-    /// The first backslash at or after the last string checked.
+    /// The backslashes not yet reached.
+    found: memchr::Memchr<'a>,
+    /// The first backslash at or after the last string checked, or
+    /// `usize::MAX`.
     backslash: usize,
 }
 
 impl<'a> Strings<'a> {
     fn new(text: &'a [u8]) -> Self {
+        let mut found = memchr::memchr_iter(b'\\', text);
+        let backslash = found.next().unwrap_or(usize::MAX);
         Self {
             text,
-            backslash: find_backslash(text, 0),
+            found,
+            backslash,
         }
+    }
+
+    /// Moves to the next backslash.
+    fn advance(&mut self) {
+        self.backslash = self.found.next().unwrap_or(usize::MAX);
     }
 
     /// Checks the string that opens at `open`; the next token starts at `end`
@@ -434,26 +500,20 @@ impl<'a> Strings<'a> {
             return Err((open, SYNTAX));
         }
         // A backslash before the string is outside every string (in a token
-        // the grammar refuses): look again from here.
-        let mut at = if self.backslash > open {
-            self.backslash
-        } else {
-            find_backslash(text, open + 1)
-        };
-        while at < close {
-            let past = at + escape_len(text, at, close).ok_or((at, "invalid string escape"))?;
-            at = memchr::memchr(b'\\', &text[past..close]).map_or(close, |i| past + i);
+        // the grammar refuses): pass it.
+        while self.backslash <= open {
+            self.advance();
         }
-        self.backslash = find_backslash(text, close);
+        while self.backslash < close {
+            let at = self.backslash;
+            let past = at + escape_len(text, at, close).ok_or((at, "invalid string escape"))?;
+            // The second backslash of `\\` is part of the escape.
+            while self.backslash < past {
+                self.advance();
+            }
+        }
         Ok(())
     }
-}
-
-/// The first backslash at or after `from`, or `usize::MAX`.
-fn find_backslash(text: &[u8], from: usize) -> usize {
-    text.get(from..)
-        .and_then(|rest| memchr::memchr(b'\\', rest))
-        .map_or(usize::MAX, |i| from + i)
 }
 
 /// `end` moved back over whitespace, not before `start`.

@@ -64,6 +64,7 @@ pub(crate) async fn read(
     let mut joined: Option<BytesMut> = None;
     each_frame(body, limit, timeout, |data, total| {
         if let Some(buf) = joined.as_mut() {
+            reserve(buf, data.len());
             buf.extend_from_slice(&data);
         } else if let Some(previous) = first.take() {
             let hint = declared.unwrap_or(0).min(limit) as usize;
@@ -81,6 +82,17 @@ pub(crate) async fn read(
     })
     .await?;
     Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
+}
+
+/// Makes room in `buf` for `more` bytes and the decoder's padding after
+/// them, so that a body that outgrows its first buffer is still validated
+/// where it lies. The buffer grows as a `Vec` does (at least doubling), paid
+/// for by bytes that have arrived.
+fn reserve(buf: &mut BytesMut, more: usize) {
+    let needed = more + decode::BODY_PADDING;
+    if buf.capacity() - buf.len() < needed {
+        buf.reserve(needed);
+    }
 }
 
 /// Reads the body and lets each frame go at once, so that nothing of it is

@@ -203,7 +203,13 @@ impl Handler {
             declared,
         )
         .await?;
-        let (body, decoded) = self.decode(wire.clone(), gzip).await?;
+        let wire_bytes = wire.len() as u64;
+        // The received bytes are kept only when they are gzip (a sink may
+        // relay them as received); an uncompressed body is handed to the
+        // decoder as its only reference, so that it is validated where it
+        // lies rather than in a copy.
+        let gzip_wire = gzip.then(|| wire.clone());
+        let (body, decoded) = self.decode(wire, gzip).await?;
         let dropped = decoded.dropped.len() as u64;
         let dropped_ids = dropped_ids(&body, &decoded);
         let truncated = decoded.truncated as u64;
@@ -211,7 +217,7 @@ impl Handler {
         let events = decoded.events.len();
         let origin = Origin {
             path_and_query,
-            gzip_wire: gzip.then(|| wire.clone()),
+            gzip_wire,
             listener: self.listener,
         };
         self.pipeline
@@ -243,7 +249,7 @@ impl Handler {
         self.metrics
             .events_received
             .inc_by(events as u64 + dropped + not_objects);
-        self.metrics.bytes_received.inc_by(wire.len() as u64);
+        self.metrics.bytes_received.inc_by(wire_bytes);
         Ok(events)
     }
 

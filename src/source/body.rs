@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 
 use super::error::RequestError;
 use crate::decode::{self, DecodeOptions, Decoded};
+use crate::pipeline::recycle;
 
 /// Most bytes reserved up front for a body, whatever its `Content-Length` says;
 /// the buffer grows as bytes actually arrive.
@@ -70,9 +71,8 @@ pub(crate) async fn read(
             let hint = declared.unwrap_or(0).min(limit) as usize;
             // Room for the decoder's padding too, so that it validates the
             // body where it lies.
-            let mut buf = BytesMut::with_capacity(
-                hint.min(INITIAL_RESERVE).max(total as usize) + decode::BODY_PADDING,
-            );
+            let mut buf =
+                recycle::take(hint.min(INITIAL_RESERVE).max(total as usize) + decode::BODY_PADDING);
             buf.extend_from_slice(&previous);
             buf.extend_from_slice(&data);
             joined = Some(buf);

@@ -40,7 +40,11 @@ pub struct HttpSinkConfig {
     pub headers: BTreeMap<String, HeaderValueConfig>,
     /// Requests in flight at once with `encoding: passthrough` (one per
     /// webhook batch) and with `splunk_hec.ack` (awaiting acknowledgement);
-    /// the other re-batching encodings send one at a time.
+    /// the other re-batching encodings send one at a time. The default, 16,
+    /// matches what one API server sends at once (its throttle's burst of
+    /// 15 batches, each POSTed on its own): a relay that sends fewer at once
+    /// than arrive piles them up in its queue and then answers 503, while
+    /// the destination could take them.
     pub max_in_flight: usize,
     /// Seconds one request may take, connecting included.
     pub timeout_secs: u64,
@@ -81,7 +85,7 @@ impl Default for HttpSinkConfig {
             elasticsearch: Box::default(),
             splunk_hec: Box::default(),
             headers: BTreeMap::new(),
-            max_in_flight: 4,
+            max_in_flight: 16,
             timeout_secs: 10,
             connect_timeout_secs: 5,
             http_version: HttpVersion::Auto,

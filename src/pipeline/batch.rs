@@ -78,3 +78,16 @@ impl Batch {
         self.events.iter().map(|e| e.raw.len()).sum()
     }
 }
+
+impl Drop for Batch {
+    /// Gives the body's buffer back for a later request once nothing else
+    /// holds it (the events are slices of it).
+    fn drop(&mut self) {
+        self.events.clear();
+        if self.body.len() >= super::recycle::MIN_BUFFER_BYTES
+            && let Ok(buf) = std::mem::take(&mut self.body).try_into_mut()
+        {
+            super::recycle::give_back(buf);
+        }
+    }
+}

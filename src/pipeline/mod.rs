@@ -10,6 +10,7 @@
 
 mod batch;
 mod queue;
+pub(crate) mod recycle;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

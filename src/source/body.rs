@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 
 use super::error::RequestError;
 use crate::decode::{self, DecodeOptions, Decoded};
+use crate::pipeline::recycle;
 
 /// Most bytes reserved up front for a body, whatever its `Content-Length` says;
 /// the buffer grows as bytes actually arrive.
@@ -64,14 +65,14 @@ pub(crate) async fn read(
     let mut joined: Option<BytesMut> = None;
     each_frame(body, limit, timeout, |data, total| {
         if let Some(buf) = joined.as_mut() {
+            reserve(buf, data.len());
             buf.extend_from_slice(&data);
         } else if let Some(previous) = first.take() {
             let hint = declared.unwrap_or(0).min(limit) as usize;
             // Room for the decoder's padding too, so that it validates the
             // body where it lies.
-            let mut buf = BytesMut::with_capacity(
-                hint.min(INITIAL_RESERVE).max(total as usize) + decode::BODY_PADDING,
-            );
+            let mut buf =
+                recycle::take(hint.min(INITIAL_RESERVE).max(total as usize) + decode::BODY_PADDING);
             buf.extend_from_slice(&previous);
             buf.extend_from_slice(&data);
             joined = Some(buf);
@@ -81,6 +82,17 @@ pub(crate) async fn read(
     })
     .await?;
     Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
+}
+
+/// Makes room in `buf` for `more` bytes and the decoder's padding after
+/// them, so that a body that outgrows its first buffer is still validated
+/// where it lies. The buffer grows as a `Vec` does (at least doubling), paid
+/// for by bytes that have arrived.
+fn reserve(buf: &mut BytesMut, more: usize) {
+    let needed = more + decode::BODY_PADDING;
+    if buf.capacity() - buf.len() < needed {
+        buf.reserve(needed);
+    }
 }
 
 /// Reads the body and lets each frame go at once, so that nothing of it is

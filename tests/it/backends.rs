@@ -427,3 +427,65 @@ async fn read_lines(
         }
     }
 }
+
+/// An HTTP/1.1 server that reads each request and holds its answer (200)
+/// until released: shows how many requests a sink has in flight at once.
+pub struct HoldingBackend {
+    pub addr: SocketAddr,
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl HoldingBackend {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let count = arrived.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (count, released) = (count.clone(), released.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (count, mut released) = (count.clone(), released.clone());
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let _ = released.wait_for(|&go| go).await;
+                            Ok::<_, std::convert::Infallible>(Response::new(
+                                Full::new(Bytes::new()),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            arrived,
+            release,
+            accept,
+        }
+    }
+
+    /// Requests received in full so far (answered or held).
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Answers every held request and every later one at once.
+    pub fn release(&self) {
+        self.release.send_replace(true);
+    }
+}
+
+impl Drop for HoldingBackend {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}

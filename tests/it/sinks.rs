@@ -115,6 +115,35 @@ async fn http_passthrough_relays_each_batch_byte_identical() {
     fwd.stop().await;
 }
 
+/// An API server sends up to 15 batches at once (its throttle's burst, each
+/// POSTed on its own): by default a passthrough sink relays as many at once,
+/// rather than leaving them in its queue while the destination could take
+/// them.
+#[tokio::test]
+async fn http_passthrough_relays_as_many_batches_at_once_as_an_api_server_sends() {
+    let backend = HoldingBackend::start().await;
+    let fwd = Forwarder::start(with_sinks(vec![SinkConfig::Http(http(&[format!(
+        "http://{}/",
+        backend.addr
+    )]))]))
+    .await;
+    for i in 0..16 {
+        assert_eq!(fwd.post(&list(i * 2..i * 2 + 2)).await.status, 200);
+    }
+    eventually("16 batches at the destination, none answered", || {
+        let n = backend.arrived();
+        async move { n == 16 }
+    })
+    .await;
+    assert_eq!(sent(&fwd.metrics().await, "http"), 0.0);
+    backend.release();
+    eventually("every event sent", || async {
+        sent(&fwd.metrics().await, "http") == 32.0
+    })
+    .await;
+    fwd.stop().await;
+}
+
 #[tokio::test]
 async fn http_passthrough_gzip_when_configured() {
     let backend = HttpBackend::start().await;

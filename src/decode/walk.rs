@@ -109,40 +109,21 @@ impl<'a> Walk<'a> {
         (end >= p + 2).then(|| p + 1..end - 1)
     }
 
-    /// The bytes of the key token `key` (escapes as received): the text
-    /// between its opening quote and the quote before the colon.
+    /// The bytes of the key token `key` (escapes as received).
     #[inline(always)]
     fn key_at(&self, key: usize) -> &'a [u8] {
-        let p = self.pos(key);
-        let colon = self.pos(key + 1);
-        let end = if self.any_ws {
-            self.trim_end(p, colon)
-        } else {
-            colon
-        };
-        self.body
-            .get(p + 1..end.saturating_sub(1))
+        self.string(key)
+            .and_then(|r| self.body.get(r))
             .unwrap_or_default()
     }
 
     /// Calls `f` with the key bytes and the [`Member`] of each member of the
     /// object that starts at token `tok`, in order; nothing for another
-    /// value. The same walk as [`Walk::members`], written as one loop for
-    /// the per-event reads.
+    /// value.
     #[inline(always)]
     pub(crate) fn each_member(&self, tok: usize, mut f: impl FnMut(&'a [u8], Member)) {
-        if self.byte(tok) != b'{' {
-            return;
-        }
-        let mut key = tok + 1;
-        while self.byte(key) == b'"' {
-            let value = key + 2;
-            let next = self.skip(value);
-            f(self.key_at(key), Member { key, value, next });
-            if self.byte(next) != b',' {
-                return;
-            }
-            key = next + 1;
+        for m in self.members(tok) {
+            f(self.key_at(m.key), m);
         }
     }
 

@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 
 use serde::de::IgnoredAny;
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Tape, fill_tape_padded};
+use wide::u8x16;
 
 /// Deepest nesting of arrays and objects accepted (simd-json's own default).
 pub const MAX_DEPTH: usize = 1024;
@@ -193,6 +194,7 @@ impl Work {
             &mut self.stack,
             &mut self.docs,
         )
+        .and_then(|()| escapes(text))
         .map_err(|(offset, what)| fail(offset, what))?;
         Ok(Index {
             idx,
@@ -270,8 +272,9 @@ fn token_kinds(text: &[u8], idx: &[u32], kinds: &mut Vec<u8>) -> bool {
 ///
 /// The loop follows the shape of the data rather than one token at a time: the
 /// members of an object whose values are strings, the bulk of an audit event,
-/// are checked key, colon, value and comma with one comparison of their kinds
-/// and one of where the next backslash lies.
+/// are checked key, colon, value and comma with one comparison of their kinds.
+/// Strings need no look here: stage 1 found each closed and free of control
+/// characters, and [`escapes`] checks their escapes after the grammar.
 #[inline(never)]
 fn validate(
     text: &[u8],
@@ -290,7 +293,6 @@ fn validate(
     }
     stack.clear();
     docs.clear();
-    let mut strings = Strings::new(text);
     // Kind of token `t`; past the last token, 0.
     let kind = |t: usize| kinds.get(t).copied().unwrap_or(0);
     // Where token `t` starts; past the last token, the end of the text.
@@ -332,13 +334,12 @@ fn validate(
                     // The strings of an array (`"a","b"`), two tokens at a
                     // time.
                     b'"' if stack.last().is_some_and(|&open| open & OBJECT == 0)
-                        && kind(t + 1) == b','
-                        && strings.backslash >= start_of(t + 1) =>
+                        && kind(t + 1) == b',' =>
                     {
                         t += 2;
                         continue;
                     }
-                    _ => scalar(text, start_of(t), c, start_of(t + 1), &mut strings)?,
+                    _ => scalar(text, start_of(t), c, start_of(t + 1))?,
                 }
                 t += 1;
                 state = State::After;
@@ -346,14 +347,13 @@ fn validate(
             State::Member => loop {
                 // The bulk of an audit event: `"key":"value",` (or `}` to
                 // close).
-                if let (Some(&[k0, k1, k2, k3]), Some(&end)) = (kinds.get(t..t + 4), idx.get(t + 3))
-                {
+                if let Some(&[k0, k1, k2, k3]) = kinds.get(t..t + 4) {
                     let word = u32::from_le_bytes([k0, k1, k2, k3]);
-                    if word == KEY_STRING_COMMA && strings.backslash >= end as usize {
+                    if word == KEY_STRING_COMMA {
                         t += 4;
                         continue;
                     }
-                    if word == KEY_STRING_CLOSE && strings.backslash >= end as usize {
+                    if word == KEY_STRING_CLOSE {
                         let open = stack.pop().unwrap_or_default() & !OBJECT;
                         next[open as usize] = t as u32 + 4;
                         t += 4;
@@ -364,7 +364,6 @@ fn validate(
                 if kind(t) != b'"' {
                     return Err(fault(t));
                 }
-                strings.check(start_of(t), start_of(t + 1))?;
                 if kind(t + 1) != b':' {
                     return Err(fault(t + 1));
                 }
@@ -374,7 +373,7 @@ fn validate(
                     state = State::Value;
                     break;
                 }
-                scalar(text, start_of(t + 2), e, start_of(t + 3), &mut strings)?;
+                scalar(text, start_of(t + 2), e, start_of(t + 3))?;
                 t += 3;
                 match kind(t) {
                     b',' => t += 1,
@@ -421,15 +420,11 @@ fn validate(
 /// Checks the scalar token at `p` whose first byte is `c`; the next token
 /// starts at `end`.
 #[inline(always)]
-fn scalar(
-    text: &[u8],
-    p: usize,
-    c: u8,
-    end: usize,
-    strings: &mut Strings<'_>,
-) -> Result<(), (usize, &'static str)> {
+fn scalar(text: &[u8], p: usize, c: u8, end: usize) -> Result<(), (usize, &'static str)> {
     match c {
-        b'"' => strings.check(p, end),
+        // Stage 1 found the string closed and free of control characters;
+        // its escapes are checked by `escapes`.
+        b'"' => Ok(()),
         b'-' | b'0'..=b'9' => {
             if is_number(&text[p..trim_end(text, p, end)]) {
                 Ok(())
@@ -452,68 +447,57 @@ fn scalar(
     }
 }
 
-/// The escapes of every string of a text, checked in order of position: a
-/// string costs a comparison unless a backslash lies before its end. The
-/// backslashes are found in one forward scan (`memchr`), each once.
-struct Strings<'a> {
-    text: &'a [u8],
-    /// The backslashes not yet reached.
-    found: memchr::Memchr<'a>,
-    /// The first backslash at or after the last string checked, or
-    /// `usize::MAX`.
-    backslash: usize,
-}
-
-impl<'a> Strings<'a> {
-    fn new(text: &'a [u8]) -> Self {
-        let mut found = memchr::memchr_iter(b'\\', text);
-        let backslash = found.next().unwrap_or(usize::MAX);
-        Self {
-            text,
-            found,
-            backslash,
+/// Checks every escape of `text` (RFC 8259 §7), a text that has passed the
+/// grammar: a backslash outside a string is part of a number or literal
+/// token, which the grammar refuses, so every backslash left is in a string,
+/// and stage 1 paired the backslashes of each run the way this scan does
+/// (`\\` is one escape). The backslashes are found 64 bytes at a time as a
+/// bit mask (16-byte vector comparisons, `wide`), so a
+/// text with many short escapes costs a few instructions per escape rather
+/// than a search each. Returns the offset of the first invalid escape.
+#[inline(never)]
+fn escapes(text: &[u8]) -> Result<(), (usize, &'static str)> {
+    /// Bit `j` set where `chunk[j]` is a backslash (`chunk` is 64 bytes long
+    /// but for the last).
+    fn backslashes(chunk: &[u8]) -> u64 {
+        let mut lanes = chunk.chunks_exact(16);
+        let mut m = 0;
+        let mut shift = 0;
+        for lane in &mut lanes {
+            let v = u8x16::new(<[u8; 16]>::try_from(lane).unwrap_or_default());
+            m |= u64::from(v.simd_eq(u8x16::splat(b'\\')).to_bitmask()) << shift;
+            shift += 16;
         }
+        for (j, &b) in lanes.remainder().iter().enumerate() {
+            m |= u64::from(b == b'\\') << (shift + j);
+        }
+        m
     }
-
-    /// Moves to the next backslash.
-    fn advance(&mut self) {
-        self.backslash = self.found.next().unwrap_or(usize::MAX);
-    }
-
-    /// Checks the string that opens at `open`; the next token starts at `end`
-    /// (stage 1 found the string closed, so its closing quote is the last
-    /// byte before `end` that is not whitespace).
-    #[inline(always)]
-    fn check(&mut self, open: usize, end: usize) -> Result<(), (usize, &'static str)> {
-        if self.backslash >= end {
-            return Ok(());
-        }
-        self.check_escapes(open, end)
-    }
-
-    /// [`Strings::check`] for a string that may hold a backslash.
-    #[inline(never)]
-    fn check_escapes(&mut self, open: usize, end: usize) -> Result<(), (usize, &'static str)> {
-        let text = self.text;
-        let close = trim_end(text, open, end).saturating_sub(1);
-        if close <= open || text[close] != b'"' {
-            return Err((open, SYNTAX));
-        }
-        // A backslash before the string is outside every string (in a token
-        // the grammar refuses): pass it.
-        while self.backslash <= open {
-            self.advance();
-        }
-        while self.backslash < close {
-            let at = self.backslash;
-            let past = at + escape_len(text, at, close).ok_or((at, "invalid string escape"))?;
-            // The second backslash of `\\` is part of the escape.
-            while self.backslash < past {
-                self.advance();
-            }
+    // The first byte not yet consumed by an escape: the second backslash of
+    // `\\` is not an escape of its own.
+    let mut from = 0;
+    let mut check = |at: usize| {
+        if at >= from {
+            from = at + escape_len(text, at).ok_or((at, "invalid string escape"))?;
         }
         Ok(())
+    };
+    let mut chunks = text.chunks_exact(64);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut m = backslashes(chunk);
+        while m != 0 {
+            check(base + m.trailing_zeros() as usize)?;
+            m &= m - 1;
+        }
+        base += 64;
     }
+    let mut m = backslashes(chunks.remainder());
+    while m != 0 {
+        check(base + m.trailing_zeros() as usize)?;
+        m &= m - 1;
+    }
+    Ok(())
 }
 
 /// `end` moved back over whitespace, not before `start`.
@@ -524,24 +508,21 @@ pub(crate) fn trim_end(text: &[u8], start: usize, mut end: usize) -> usize {
     end
 }
 
-/// Length of the escape sequence at `at` (a backslash) in a string whose
-/// closing quote is at `close`, or `None` if it is not a valid escape: one of
-/// `\" \\ \/ \b \f \n \r \t`, or `\uXXXX` (a surrogate too, paired or not, as
-/// RFC 8259 §7 and Go's decoder allow).
-fn escape_len(text: &[u8], at: usize, close: usize) -> Option<usize> {
+/// Length of the escape sequence at `at` (a backslash), or `None` if it is
+/// not a valid escape: one of `\" \\ \/ \b \f \n \r \t`, or `\uXXXX` (a
+/// surrogate too, paired or not, as RFC 8259 §7 and Go's decoder allow). A
+/// `\u` escape cannot reach past its string: a quote is not a hex digit.
+fn escape_len(text: &[u8], at: usize) -> Option<usize> {
     match text.get(at + 1)? {
         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(2),
-        b'u' => hex4(text, at + 2, close).map(|_| 6),
+        b'u' => hex4(text, at + 2).map(|_| 6),
         _ => None,
     }
 }
 
-/// The four hex digits at `at`, all before `close`.
-fn hex4(text: &[u8], at: usize, close: usize) -> Option<u32> {
-    if at + 4 > close {
-        return None;
-    }
-    text[at..at + 4].iter().try_fold(0u32, |acc, &b| {
+/// The four hex digits at `at`.
+fn hex4(text: &[u8], at: usize) -> Option<u32> {
+    text.get(at..at + 4)?.iter().try_fold(0u32, |acc, &b| {
         let d = match b {
             b'0'..=b'9' => b - b'0',
             b'a'..=b'f' => b - b'a' + 10,
@@ -721,6 +702,39 @@ mod tests {
                 what,
                 "{text:?}"
             );
+        }
+    }
+
+    #[test]
+    fn escapes_are_checked_wherever_they_fall_in_the_scan() {
+        // Each escape (valid or not) at every offset across two 64-byte
+        // blocks of the backslash scan, after runs of escaped backslashes:
+        // accepted exactly when serde_json accepts the same text.
+        let escapes = [
+            r"\n",
+            r"\\",
+            r"\\\\",
+            r#"\""#,
+            r"\u00e9",
+            r"\uD83D\uDE00",
+            r"\q",
+            r"\u12",
+            r"\u12g4",
+            r"\\\q",
+            r"\/",
+            r"\\\u0041",
+        ];
+        for pad in 0..140 {
+            for esc in escapes {
+                let text = format!(r#"{{"k":["{}{esc}x","\\"],"v":"{esc}"}}"#, "a".repeat(pad));
+                let expected = serde_json::from_str::<IgnoredAny>(&text).is_ok();
+                let got = offsets(&text);
+                assert_eq!(got.is_ok(), expected, "{text}: {got:?}");
+                if let Err(e) = got {
+                    assert_eq!(e.what, "invalid string escape", "{text}");
+                    assert_eq!(text.as_bytes()[e.offset], b'\\', "{text}");
+                }
+            }
         }
     }
 

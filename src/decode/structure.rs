@@ -10,13 +10,13 @@
 //! number converted, is not what a forwarder needs: the events leave as the
 //! bytes they arrived as. So stage 2 is stopped at its first bracket (a depth
 //! limit of 0) and one pass over the structural offsets here checks the rest of
-//! RFC 8259: the grammar (§2–5), the literals (§3), the number syntax (§6; the
-//! range is left to implementations, so `1e400` is accepted as Go's
-//! `json.RawMessage` accepts it), and the string escapes (§7; a `\u` escape
-//! of a lone surrogate is valid grammar, and Go's decoder accepts it, so it
-//! is accepted and kept as written). The same pass matches every bracket, so that skipping a value
-//! later costs one lookup, and notes where each JSON text of a JSON-lines body
-//! ends.
+//! RFC 8259: the grammar (§2–5), the literals (§3) and the number syntax (§6;
+//! the range is left to implementations, so `1e400` is accepted as Go's
+//! `json.RawMessage` accepts it). The same pass matches every bracket, so
+//! that skipping a value later costs one lookup, and notes where each JSON
+//! text of a JSON-lines body ends. A last pass over the bytes checks the
+//! string escapes (§7; a `\u` escape of a lone surrogate is valid grammar,
+//! and Go's decoder accepts it, so it is accepted and kept as written).
 
 use std::cell::RefCell;
 

@@ -452,9 +452,10 @@ fn scalar(text: &[u8], p: usize, c: u8, end: usize) -> Result<(), (usize, &'stat
 /// token, which the grammar refuses, so every backslash left is in a string,
 /// and stage 1 paired the backslashes of each run the way this scan does
 /// (`\\` is one escape). The backslashes are found 64 bytes at a time as a
-/// bit mask (16-byte vector comparisons, `wide`), so a
-/// text with many short escapes costs a few instructions per escape rather
-/// than a search each. Returns the offset of the first invalid escape.
+/// bit mask (16-byte vector comparisons, `wide`), so a text with many short
+/// escapes costs a few instructions per escape rather than a search each.
+/// The last chunk, shorter, goes through the same mask. Returns the offset of
+/// the first invalid escape.
 #[inline(never)]
 fn escapes(text: &[u8]) -> Result<(), (usize, &'static str)> {
     /// Bit `j` set where `chunk[j]` is a backslash (`chunk` is 64 bytes long

@@ -469,13 +469,26 @@ fn read_meta(w: &Walk<'_>, tok: usize) -> EventMeta {
         }
         b"responseStatus" => w.each_member(m.value, |key, s| {
             if key == b"code" {
-                let raw = &w.body()[w.value_range(s.value, s.next)];
-                meta.code = std::str::from_utf8(raw).ok().and_then(|t| t.parse().ok());
+                meta.code = status_code(&w.body()[w.value_range(s.value, s.next)]);
             }
         }),
         _ => {}
     });
     meta
+}
+
+/// `responseStatus.code` from its JSON text: an integer from 0 to 65535
+/// written in plain digits (a validated number has no leading zeros), else
+/// `None` (a fraction, an exponent, a sign, a string, another type).
+fn status_code(raw: &[u8]) -> Option<u16> {
+    if raw.is_empty() || raw.len() > 5 {
+        return None;
+    }
+    raw.iter()
+        .try_fold(0u32, |v, &b| {
+            b.is_ascii_digit().then(|| v * 10 + u32::from(b - b'0'))
+        })
+        .and_then(|v| u16::try_from(v).ok())
 }
 
 #[cfg(test)]

@@ -37,6 +37,31 @@ fn pretty_items_lose_only_whitespace_between_tokens() {
 }
 
 #[test]
+fn one_whitespace_byte_before_any_token_is_found_and_left_out() {
+    // A compact EventList of 51 tokens and the offsets where a token starts
+    // after the first: a whitespace byte is put before each in turn, so it
+    // falls in every lane of the token pass's groups of eight.
+    let compact = r#"{"items":[{"a":"x y","b":[1,true,null],"c":{"d":"e"}},{"f":-2.5e3,"g":"\"","h":[]},{"i":{}}]}"#;
+    let want = lines(compact);
+    let value: Value = serde_json::from_str(compact).unwrap();
+    // Between two tokens a space leaves the value as it is; inside a string
+    // it changes it, inside a number or literal it breaks it.
+    let starts: Vec<usize> = (1..compact.len())
+        .filter(|&i| {
+            let spaced = compact[..i].to_string() + " " + &compact[i..];
+            serde_json::from_str::<Value>(&spaced).ok().as_ref() == Some(&value)
+        })
+        .collect();
+    assert_eq!(starts.len(), 50);
+    for i in starts {
+        for ws in [" ", "\t", "\n", "\r"] {
+            let body = compact[..i].to_string() + ws + &compact[i..];
+            assert_eq!(lines(&body), want, "whitespace at {i}: {body}");
+        }
+    }
+}
+
+#[test]
 fn json_lines_with_crlf_and_a_blank_line() {
     let body = "{\"auditID\":\"1\"}\n{\"auditID\":\"2\"}\r\n{\"auditID\":\"3\"}\n\n";
     assert_eq!(
@@ -440,4 +465,30 @@ fn owned_bodies_are_validated_in_place_and_left_as_they_were() {
         }
         drop(keep);
     }
+}
+
+#[test]
+fn status_codes_are_plain_integers_that_fit_in_u16() {
+    for (text, want) in [
+        ("403", Some(403)),
+        ("0", Some(0)),
+        ("65535", Some(65535)),
+        ("65536", None),
+        ("100000", None),
+        ("403.0", None),
+        ("4e2", None),
+        ("-1", None),
+        ("-0", None),
+        ("\"403\"", None),
+        ("null", None),
+        ("", None),
+    ] {
+        assert_eq!(super::status_code(text.as_bytes()), want, "{text}");
+    }
+    let body = Bytes::from_static(
+        br#"[{"auditID":"a","responseStatus":{"metadata":{},"code":1e3}},{"auditID":"b","responseStatus":{"code":201,"status":"x"}}]"#,
+    );
+    let d = decode(&body, &DecodeOptions::default()).unwrap();
+    assert_eq!(d.events[0].meta.code, None);
+    assert_eq!(d.events[1].meta.code, Some(201));
 }

@@ -288,7 +288,9 @@ fn token_kinds(text: &[u8], idx: &[u32], kinds: &mut Vec<u8>) -> bool {
 ///
 /// The loop follows the shape of the data rather than one token at a time: the
 /// members of an object whose values are strings, the bulk of an audit event,
-/// are checked key, colon, value and comma with one comparison of their kinds.
+/// are checked key, colon, value and comma with one comparison of their kinds;
+/// an object that is a member's value is entered, and left for the enclosing
+/// object's next member, without going through the general states.
 /// Strings need no look here: stage 1 found each closed and free of control
 /// characters, and [`escapes`] checks their escapes after the grammar.
 #[inline(never)]
@@ -373,6 +375,12 @@ fn validate(
                         let open = stack.pop().unwrap_or_default() & !OBJECT;
                         next[open as usize] = t as u32 + 4;
                         t += 4;
+                        // The next member of the enclosing object, if that
+                        // is what follows.
+                        if kind(t) == b',' && stack.last().is_some_and(|&o| o & OBJECT != 0) {
+                            t += 1;
+                            continue;
+                        }
                         state = State::After;
                         break;
                     }
@@ -384,6 +392,15 @@ fn validate(
                     return Err(fault(t + 1));
                 }
                 let e = kind(t + 2);
+                // An object that is not empty: its members follow.
+                if e == b'{' && kind(t + 3) != b'}' {
+                    if stack.len() >= MAX_DEPTH {
+                        return Err((start_of(t + 2), "nested too deeply"));
+                    }
+                    stack.push((t + 2) as u32 | OBJECT);
+                    t += 3;
+                    continue;
+                }
                 if matches!(e, b'{' | b'[') {
                     t += 2;
                     state = State::Value;
@@ -397,6 +414,10 @@ fn validate(
                         let open = stack.pop().unwrap_or_default() & !OBJECT;
                         next[open as usize] = t as u32 + 1;
                         t += 1;
+                        if kind(t) == b',' && stack.last().is_some_and(|&o| o & OBJECT != 0) {
+                            t += 1;
+                            continue;
+                        }
                         state = State::After;
                         break;
                     }
@@ -669,6 +690,19 @@ mod tests {
             assert_eq!(refusal(&nested(MAX_DEPTH + 1, leaf)), "nested too deeply");
         }
         assert_eq!(refusal(&"[".repeat(MAX_DEPTH + 1)), "nested too deeply");
+        // Objects as members of objects, then a member after each close.
+        let members = |levels: usize| {
+            let inner = levels - 1;
+            format!(
+                "{{\"a\":1,{}\"b\":\"c\"{}}}",
+                "\"k\":{".repeat(inner),
+                "},\"z\":2".repeat(inner)
+            )
+        };
+        assert!(offsets(&members(MAX_DEPTH)).is_ok());
+        assert_eq!(refusal(&members(MAX_DEPTH + 1)), "nested too deeply");
+        assert_eq!(members(3), r#"{"a":1,"k":{"k":{"b":"c"},"z":2},"z":2}"#);
+        assert_eq!(offsets(&members(3)).map(|o| o.len()), Ok(25));
     }
 
     #[test]

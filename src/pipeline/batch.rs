@@ -80,10 +80,10 @@ impl Batch {
 }
 
 impl Drop for Batch {
-    /// Gives the body's buffer back for a later request once nothing else
-    /// holds it (the events are slices of it).
+    /// Gives the list of events, and the body's buffer once nothing else
+    /// holds it (the events are slices of it), back for a later request.
     fn drop(&mut self) {
-        self.events.clear();
+        super::recycle::give_back_events(std::mem::take(&mut self.events));
         if self.body.len() >= super::recycle::MIN_BUFFER_BYTES
             && let Ok(buf) = std::mem::take(&mut self.body).try_into_mut()
         {

@@ -16,6 +16,11 @@ Modes, each run in turn (the order alternates between repeats):
                ... verify required alpn h2,http/1.1`; the forwarder: its
                HTTPS listener, client_auth required), then relays as above;
                both use the same certificates (deploy/make-webhook-certs.sh)
+  baseline-passthrough, baseline-ndjson, baseline-passthrough-tls
+               with --baseline-forwarder BINARY, the same modes run by that
+               other build of kube-audit-forwarder, right after each of
+               this build's: a change measured against the build before it
+               in the same rounds, on the same machine
 
 The proxy is pinned to core 0, the load generator and backend to core 1.
 Reported per run: throughput, latency (p50/p99/max), CPU seconds of the
@@ -206,6 +211,11 @@ log:
 HAPROXY_TUNE = []
 
 
+# A mode named with this prefix runs the --baseline-forwarder binary.
+BASELINE_PREFIX = "baseline-"
+BASELINE_FORWARDER = []
+
+
 def start_proxy(tmp, mode, backend, queue_bytes=268435456, wait_ms=5, buffer_dir=None, extra_sink="", mport=None):
     port = free_port()
     if mode.startswith("haproxy"):
@@ -220,8 +230,11 @@ def start_proxy(tmp, mode, backend, queue_bytes=268435456, wait_ms=5, buffer_dir
         cfg.write_text(text)
         cmd = ["haproxy", "-db", "-f", str(cfg)]
     else:
+        binary = REL / "kube-audit-forwarder"
+        if mode.startswith(BASELINE_PREFIX):
+            binary, mode = BASELINE_FORWARDER[0], mode.removeprefix(BASELINE_PREFIX)
         cfg = forwarder_config(tmp, mode, port, mport or free_port(), backend, queue_bytes, wait_ms, buffer_dir, extra_sink)
-        cmd = [str(REL / "kube-audit-forwarder"), "--config", str(cfg)]
+        cmd = [str(binary), "--config", str(cfg)]
     proc = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, port
@@ -597,20 +610,21 @@ def table(rows):
 
     def ratio(a, b):
         return f"{a / b:.2f}" if (a and b) else "-"
-    print(f"{'mode':16} {'conc':>4} {'MB/s':>8} {'events/s':>10} {'refused':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+    print(f"{'mode':24} {'conc':>4} {'MB/s':>8} {'events/s':>10} {'refused':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'CPU-s/GB':>9} {'CPU x HA':>9} {'p50 x HA':>9} {'p99 x HA':>9} {'RSS MiB':>8} {'lost':>5} {'dups':>5}")
     for r in rows:
         b = base(r) or {}
         cpu = f"{r['cpu_s_per_gb']:.3f}" if r["cpu_s_per_gb"] else "-"
         total = sum(r["statuses"].values())
         refused = 1 - r["statuses"].get("200", 0) / total if total else 0
-        print(f"{r['mode']:16} {r['concurrency']:>4} {r['mb_per_sec']:>8.1f} {r['events_per_sec']:>10.0f} {refused:>8.2%} "
+        print(f"{r['mode']:24} {r['concurrency']:>4} {r['mb_per_sec']:>8.1f} {r['events_per_sec']:>10.0f} {refused:>8.2%} "
               f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} {cpu:>9} "
               f"{ratio(r['cpu_s_per_gb'], b.get('cpu_s_per_gb')):>9} {ratio(r['p50_ms'], b.get('p50_ms')):>9} "
               f"{ratio(r['p99_ms'], b.get('p99_ms')):>9} {r['peak_rss_mib']:>8.1f} {r['lost']:>5} {r['duplicates']:>5}")
 
 
 PLOT_MODES = ["direct", "haproxy", "passthrough", "ndjson", "haproxy-tls", "passthrough-tls"]
+FORWARDER_MODES = ["passthrough", "ndjson", "passthrough-tls"]
 
 
 def plot(rows, out):
@@ -657,6 +671,9 @@ def main():
                    help="which modes to run, of direct, haproxy, passthrough, ndjson, haproxy-tls, passthrough-tls")
     p.add_argument("--haproxy-tune", action="append", default=[],
                    help="a line added to HAProxy's global section, e.g. 'tune.h2.initial-window-size 1048576' (repeatable)")
+    p.add_argument("--baseline-forwarder", metavar="BINARY",
+                   help="another build of kube-audit-forwarder: each forwarder mode is also run with it, "
+                        "as baseline-<mode>, right after this build's")
     p.add_argument("--no-scenarios", action="store_true", help="skip the steady and overload memory scenarios")
     p.add_argument("--steady-secs", type=float, default=20)
     p.add_argument("--overload-secs", type=float, default=10)
@@ -692,6 +709,9 @@ def main():
     backend = Backend()
     rows = []
     modes = [m for m in args.modes.split(",") if m]
+    if args.baseline_forwarder:
+        BASELINE_FORWARDER.append(pathlib.Path(args.baseline_forwarder).resolve())
+        modes = [x for m in modes for x in ([m, BASELINE_PREFIX + m] if m in FORWARDER_MODES else [m])]
     with tempfile.TemporaryDirectory() as t:
         tmp = pathlib.Path(t)
         if any(m.endswith("-tls") for m in modes):

@@ -10,7 +10,7 @@
 //! the pages stay mapped. Each pool is bounded in bytes; what does not fit
 //! goes back to the allocator.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::BytesMut;
 
@@ -30,19 +30,62 @@ const MAX_POOL_BYTES: usize = 32 << 20;
 /// bodies of about the same size.
 const ROUND_BYTES: usize = 64 << 10;
 
-struct Pool {
-    buffers: Vec<BytesMut>,
+/// Event lists with room for fewer events than this are cheap to allocate
+/// and not kept.
+const MIN_EVENT_LIST: usize = 64;
+
+/// Most bytes of event-list capacity kept at once.
+const MAX_EVENT_LIST_POOL_BYTES: usize = 4 << 20;
+
+/// Things of one kind kept for reuse, within a bound on the bytes of
+/// capacity they hold.
+struct Pool<T> {
+    kept: Vec<T>,
     bytes: usize,
+    max_bytes: usize,
+    /// The bytes of capacity one of them holds.
+    size: fn(&T) -> usize,
 }
 
-static POOL: Mutex<Pool> = Mutex::new(Pool {
-    buffers: Vec::new(),
-    bytes: 0,
-});
+impl<T> Pool<T> {
+    const fn new(max_bytes: usize, size: fn(&T) -> usize) -> Self {
+        Self {
+            kept: Vec::new(),
+            bytes: 0,
+            max_bytes,
+            size,
+        }
+    }
 
-fn pool() -> std::sync::MutexGuard<'static, Pool> {
-    POOL.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes out the one kept at `i`.
+    fn remove(&mut self, i: usize) -> T {
+        let item = self.kept.swap_remove(i);
+        self.bytes -= (self.size)(&item);
+        item
+    }
+
+    /// Keeps `item` if the bound leaves room for it; otherwise frees it.
+    fn keep(&mut self, item: T) {
+        let bytes = (self.size)(&item);
+        if self.bytes + bytes <= self.max_bytes {
+            self.bytes += bytes;
+            self.kept.push(item);
+        }
+    }
 }
+
+fn lock<T>(pool: &'static Mutex<Pool<T>>) -> MutexGuard<'static, Pool<T>> {
+    pool.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+static BUFFERS: Mutex<Pool<BytesMut>> = Mutex::new(Pool::new(MAX_POOL_BYTES, BytesMut::capacity));
+
+fn list_bytes(list: &Vec<Event>) -> usize {
+    list.capacity() * std::mem::size_of::<Event>()
+}
+
+static EVENT_LISTS: Mutex<Pool<Vec<Event>>> =
+    Mutex::new(Pool::new(MAX_EVENT_LIST_POOL_BYTES, list_bytes));
 
 /// An empty buffer with room for at least `capacity` bytes: a kept one when
 /// one is large enough, else a new one (rounded up when it is large).
@@ -51,19 +94,17 @@ pub(crate) fn take(capacity: usize) -> BytesMut {
         return BytesMut::with_capacity(capacity);
     }
     {
-        let mut pool = pool();
+        let mut pool = lock(&BUFFERS);
         // The smallest that fits, so that large buffers stay for large bodies.
         let best = pool
-            .buffers
+            .kept
             .iter()
             .enumerate()
             .filter(|(_, b)| b.capacity() >= capacity)
             .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i);
         if let Some(i) = best {
-            let buf = pool.buffers.swap_remove(i);
-            pool.bytes -= buf.capacity();
-            return buf;
+            return pool.remove(i);
         }
     }
     BytesMut::with_capacity(capacity.div_ceil(ROUND_BYTES) * ROUND_BYTES)
@@ -72,53 +113,19 @@ pub(crate) fn take(capacity: usize) -> BytesMut {
 /// Keeps `buf` for a later body, if it is large enough to be worth it and
 /// the pool has room; otherwise frees it.
 pub(crate) fn give_back(mut buf: BytesMut) {
-    let capacity = buf.capacity();
-    if !(MIN_BUFFER_BYTES..=MAX_BUFFER_BYTES).contains(&capacity) {
+    if !(MIN_BUFFER_BYTES..=MAX_BUFFER_BYTES).contains(&buf.capacity()) {
         return;
     }
     buf.clear();
-    let mut pool = pool();
-    if pool.bytes + capacity > MAX_POOL_BYTES {
-        return;
-    }
-    pool.bytes += capacity;
-    pool.buffers.push(buf);
-}
-
-/// Event lists with room for fewer events than this are cheap to allocate
-/// and not kept.
-const MIN_EVENT_LIST: usize = 64;
-
-/// Most bytes of event-list capacity kept at once.
-pub(crate) const MAX_EVENT_LIST_POOL_BYTES: usize = 4 << 20;
-
-struct EventLists {
-    lists: Vec<Vec<Event>>,
-    bytes: usize,
-}
-
-static EVENT_LISTS: Mutex<EventLists> = Mutex::new(EventLists {
-    lists: Vec::new(),
-    bytes: 0,
-});
-
-fn event_lists() -> std::sync::MutexGuard<'static, EventLists> {
-    EVENT_LISTS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn list_bytes(list: &Vec<Event>) -> usize {
-    list.capacity() * std::mem::size_of::<Event>()
+    lock(&BUFFERS).keep(buf);
 }
 
 /// An empty list of events: the one given back last, if any (batches in a
 /// row are of about the same size), else a new one without capacity.
 pub(crate) fn take_events() -> Vec<Event> {
-    let mut pool = event_lists();
-    match pool.lists.pop() {
-        Some(list) => {
-            pool.bytes -= list_bytes(&list);
-            list
-        }
+    let mut pool = lock(&EVENT_LISTS);
+    match pool.kept.len().checked_sub(1) {
+        Some(last) => pool.remove(last),
         None => Vec::new(),
     }
 }
@@ -130,13 +137,7 @@ pub(crate) fn give_back_events(mut list: Vec<Event>) {
         return;
     }
     list.clear();
-    let bytes = list_bytes(&list);
-    let mut pool = event_lists();
-    if pool.bytes + bytes > MAX_EVENT_LIST_POOL_BYTES {
-        return;
-    }
-    pool.bytes += bytes;
-    pool.lists.push(list);
+    lock(&EVENT_LISTS).keep(list);
 }
 
 #[cfg(test)]
@@ -162,10 +163,10 @@ mod tests {
         for _ in 0..64 {
             give_back_events(Vec::with_capacity(8192));
         }
-        let pool = event_lists();
+        let pool = lock(&EVENT_LISTS);
         assert!(pool.bytes <= MAX_EVENT_LIST_POOL_BYTES);
-        assert!(pool.lists.iter().all(|l| l.capacity() >= MIN_EVENT_LIST));
-        assert_eq!(pool.bytes, pool.lists.iter().map(list_bytes).sum::<usize>());
+        assert!(pool.kept.iter().all(|l| l.capacity() >= MIN_EVENT_LIST));
+        assert_eq!(pool.bytes, pool.kept.iter().map(list_bytes).sum::<usize>());
     }
 
     #[test]
@@ -183,12 +184,8 @@ mod tests {
         // Small and huge buffers are not kept.
         give_back(BytesMut::with_capacity(1 << 10));
         give_back(BytesMut::with_capacity(MAX_BUFFER_BYTES + 1));
-        assert!(pool().bytes <= MAX_POOL_BYTES);
-        assert!(
-            pool()
-                .buffers
-                .iter()
-                .all(|b| b.capacity() >= MIN_BUFFER_BYTES)
-        );
+        let pool = lock(&BUFFERS);
+        assert!(pool.bytes <= MAX_POOL_BYTES);
+        assert!(pool.kept.iter().all(|b| b.capacity() >= MIN_BUFFER_BYTES));
     }
 }

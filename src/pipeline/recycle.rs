@@ -74,27 +74,52 @@ impl<T> Pool<T> {
     }
 }
 
-fn lock<T>(pool: &'static Mutex<Pool<T>>) -> MutexGuard<'static, Pool<T>> {
+fn lock<T>(pool: &Mutex<Pool<T>>) -> MutexGuard<'_, Pool<T>> {
     pool.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-static BUFFERS: Mutex<Pool<BytesMut>> = Mutex::new(Pool::new(MAX_POOL_BYTES, BytesMut::capacity));
+type Buffers = Mutex<Pool<BytesMut>>;
+
+static BUFFERS: Buffers = Mutex::new(Pool::new(MAX_POOL_BYTES, BytesMut::capacity));
 
 fn list_bytes(list: &Vec<Event>) -> usize {
     list.capacity() * std::mem::size_of::<Event>()
 }
 
-static EVENT_LISTS: Mutex<Pool<Vec<Event>>> =
-    Mutex::new(Pool::new(MAX_EVENT_LIST_POOL_BYTES, list_bytes));
+type EventLists = Mutex<Pool<Vec<Event>>>;
+
+static EVENT_LISTS: EventLists = Mutex::new(Pool::new(MAX_EVENT_LIST_POOL_BYTES, list_bytes));
 
 /// An empty buffer with room for at least `capacity` bytes: a kept one when
 /// one is large enough, else a new one (rounded up when it is large).
 pub(crate) fn take(capacity: usize) -> BytesMut {
+    take_buffer(&BUFFERS, capacity)
+}
+
+/// Keeps `buf` for a later body, if it is large enough to be worth it and
+/// the pool has room; otherwise frees it.
+pub(crate) fn give_back(buf: BytesMut) {
+    give_back_buffer(&BUFFERS, buf);
+}
+
+/// An empty list of events: the one given back last, if any (batches in a
+/// row are of about the same size), else a new one without capacity.
+pub(crate) fn take_events() -> Vec<Event> {
+    take_list(&EVENT_LISTS)
+}
+
+/// Keeps `list` (emptied) for a later batch, if it is large enough to be
+/// worth it and the pool has room; otherwise frees it.
+pub(crate) fn give_back_events(list: Vec<Event>) {
+    give_back_list(&EVENT_LISTS, list);
+}
+
+fn take_buffer(pool: &Buffers, capacity: usize) -> BytesMut {
     if capacity < MIN_BUFFER_BYTES {
         return BytesMut::with_capacity(capacity);
     }
     {
-        let mut pool = lock(&BUFFERS);
+        let mut pool = lock(pool);
         // The smallest that fits, so that large buffers stay for large bodies.
         let best = pool
             .kept
@@ -110,82 +135,88 @@ pub(crate) fn take(capacity: usize) -> BytesMut {
     BytesMut::with_capacity(capacity.div_ceil(ROUND_BYTES) * ROUND_BYTES)
 }
 
-/// Keeps `buf` for a later body, if it is large enough to be worth it and
-/// the pool has room; otherwise frees it.
-pub(crate) fn give_back(mut buf: BytesMut) {
+fn give_back_buffer(pool: &Buffers, mut buf: BytesMut) {
     if !(MIN_BUFFER_BYTES..=MAX_BUFFER_BYTES).contains(&buf.capacity()) {
         return;
     }
     buf.clear();
-    lock(&BUFFERS).keep(buf);
+    lock(pool).keep(buf);
 }
 
-/// An empty list of events: the one given back last, if any (batches in a
-/// row are of about the same size), else a new one without capacity.
-pub(crate) fn take_events() -> Vec<Event> {
-    let mut pool = lock(&EVENT_LISTS);
+fn take_list(pool: &EventLists) -> Vec<Event> {
+    let mut pool = lock(pool);
     match pool.kept.len().checked_sub(1) {
         Some(last) => pool.remove(last),
         None => Vec::new(),
     }
 }
 
-/// Keeps `list` (emptied) for a later batch, if it is large enough to be
-/// worth it and the pool has room; otherwise frees it.
-pub(crate) fn give_back_events(mut list: Vec<Event>) {
+fn give_back_list(pool: &EventLists, mut list: Vec<Event>) {
     if list.capacity() < MIN_EVENT_LIST {
         return;
     }
+    // The events (each a reference to its body) go before the lock is taken.
     list.clear();
-    lock(&EVENT_LISTS).keep(list);
+    lock(pool).keep(list);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    // Each test has pools of its own: the process-wide ones are shared with
+    // every other test that decodes or reads a body.
+
     #[test]
     fn an_event_list_given_back_is_handed_out_again_empty() {
+        let pool = Mutex::new(Pool::new(MAX_EVENT_LIST_POOL_BYTES, list_bytes));
         let mut list = Vec::with_capacity(400);
         list.push(Event {
             raw: bytes::Bytes::from_static(b"{}"),
             meta: Default::default(),
         });
         let ptr = list.as_ptr();
-        give_back_events(list);
-        // Other tests share the pool: look for this list among what a few
-        // takes hand out.
-        let taken: Vec<Vec<Event>> = (0..4).map(|_| take_events()).collect();
-        let again = taken.iter().find(|l| l.as_ptr() == ptr).expect("reused");
+        give_back_list(&pool, list);
+        let again = take_list(&pool);
+        assert_eq!(again.as_ptr(), ptr, "reused");
         assert!(again.is_empty() && again.capacity() >= 400);
+        assert_eq!(lock(&pool).bytes, 0);
+        assert_eq!(
+            take_list(&pool).capacity(),
+            0,
+            "a new list when none is kept"
+        );
         // Small lists are not kept; the pool stays within its bound.
-        give_back_events(Vec::with_capacity(MIN_EVENT_LIST - 1));
+        give_back_list(&pool, Vec::with_capacity(MIN_EVENT_LIST - 1));
+        assert!(lock(&pool).kept.is_empty());
         for _ in 0..64 {
-            give_back_events(Vec::with_capacity(8192));
+            give_back_list(&pool, Vec::with_capacity(8192));
         }
-        let pool = lock(&EVENT_LISTS);
-        assert!(pool.bytes <= MAX_EVENT_LIST_POOL_BYTES);
-        assert!(pool.kept.iter().all(|l| l.capacity() >= MIN_EVENT_LIST));
-        assert_eq!(pool.bytes, pool.kept.iter().map(list_bytes).sum::<usize>());
+        let pool = lock(&pool);
+        let each = 8192 * std::mem::size_of::<Event>();
+        assert_eq!(pool.kept.len(), MAX_EVENT_LIST_POOL_BYTES / each);
+        assert_eq!(pool.bytes, pool.kept.len() * each);
     }
 
     #[test]
     fn a_buffer_given_back_is_handed_out_again_for_a_body_it_fits() {
-        let mut buf = take(300 << 10);
+        let pool = Mutex::new(Pool::new(MAX_POOL_BYTES, BytesMut::capacity));
+        let mut buf = take_buffer(&pool, 300 << 10);
         assert!(buf.capacity() >= 300 << 10);
         buf.extend_from_slice(b"old bytes");
         let ptr = buf.as_ptr();
-        give_back(buf);
-        // Other tests share the pool: look for this buffer among what a
-        // few takes hand out.
-        let taken: Vec<BytesMut> = (0..4).map(|_| take(290 << 10)).collect();
-        let again = taken.iter().find(|b| b.as_ptr() == ptr).expect("reused");
+        give_back_buffer(&pool, buf);
+        // A larger one kept too: the smallest that fits is handed out.
+        give_back_buffer(&pool, BytesMut::with_capacity(2 << 20));
+        let again = take_buffer(&pool, 290 << 10);
+        assert_eq!(again.as_ptr(), ptr, "reused");
         assert!(again.is_empty(), "handed out empty");
+        assert!(take_buffer(&pool, 4 << 20).capacity() >= 4 << 20);
         // Small and huge buffers are not kept.
-        give_back(BytesMut::with_capacity(1 << 10));
-        give_back(BytesMut::with_capacity(MAX_BUFFER_BYTES + 1));
-        let pool = lock(&BUFFERS);
-        assert!(pool.bytes <= MAX_POOL_BYTES);
-        assert!(pool.kept.iter().all(|b| b.capacity() >= MIN_BUFFER_BYTES));
+        give_back_buffer(&pool, BytesMut::with_capacity(1 << 10));
+        give_back_buffer(&pool, BytesMut::with_capacity(MAX_BUFFER_BYTES + 1));
+        let kept = lock(&pool);
+        assert_eq!(kept.kept.len(), 1);
+        assert!(kept.bytes <= MAX_POOL_BYTES);
     }
 }
